@@ -1,0 +1,188 @@
+//! BERT-family encoder (`BertModel`: BERT, MiniLM, ...) with arrow attention (spec §3.2, §3.4
+//! applied to BERT's scaled dot-product attention).
+//!
+//! Ports Hugging Face transformers `models/bert/modeling_bert.py` (v4.46), absolute positions only.
+//! Deliberate deviations:
+//! - the self-attention is [`arrow_attention`]; with a window ≥ the sequence and LogN off the valid
+//!   rows equal stock BERT (stock BERT lets padding queries attend; here their rows are 0, which
+//!   only changes the hidden states of padding positions);
+//! - inputs longer than `max_position_embeddings` get block-wise repeated learned positions
+//!   ([`extended_position_ids`]) instead of an index error;
+//! - `query` / `value` can carry LoRA adapters.
+
+use std::path::Path;
+
+use candle_core::{Tensor, Var};
+use candle_nn::VarBuilder;
+use rand_chacha::ChaCha8Rng;
+use serde::Deserialize;
+
+use super::arrow_attention::{arrow_attention, ArrowConfig};
+use super::block::{extended_position_ids, merge_heads, split_heads, LayerTail};
+use super::lora::{LoraConfig, LoraLinear};
+use crate::nn::{embed, mask_to_host, Activation, ForwardCtx, LayerNorm, Linear};
+use crate::{Error, Result};
+
+/// `config.json` of a BERT checkpoint; field names and defaults as in HF `BertConfig`.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f32,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f32,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_dropout() -> f32 {
+    0.1
+}
+fn default_max_pos() -> usize {
+    512
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+
+impl BertConfig {
+    fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |m: String| Err(Error::model(path, m));
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return bad(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if let Some(p) = &self.position_embedding_type {
+            if p != "absolute" {
+                return bad(format!("position_embedding_type `{p}` is not supported (absolute only)"));
+            }
+        }
+        if Activation::from_hf(&self.hidden_act).is_none() {
+            return bad(format!("hidden_act `{}` is not supported (gelu, gelu_new, relu)", self.hidden_act));
+        }
+        Ok(())
+    }
+}
+
+struct Layer {
+    query: LoraLinear,
+    key: Linear,
+    value: LoraLinear,
+    tail: LayerTail,
+}
+
+/// BERT encoder with arrow attention.
+pub struct BertModel {
+    pub config: BertConfig,
+    word: Tensor,
+    position: Tensor,
+    token_type: Option<Tensor>,
+    norm: LayerNorm,
+    layers: Vec<Layer>,
+    pub arrow: ArrowConfig,
+}
+
+impl BertModel {
+    /// Loads from a `VarBuilder` rooted at the base model (no `bert.` prefix).
+    pub fn load(vb: VarBuilder, config: BertConfig, path: &Path, arrow: ArrowConfig) -> Result<Self> {
+        config.validate(path)?;
+        let c = &config;
+        let hd = c.hidden_size;
+        let act = Activation::from_hf(&c.hidden_act).unwrap_or(Activation::Gelu);
+        let e = vb.pp("embeddings");
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let lvb = vb.pp("encoder").pp("layer").pp(i);
+            let svb = lvb.pp("attention").pp("self");
+            let name = |m: &str| format!("encoder.layer.{i}.attention.self.{m}");
+            layers.push(Layer {
+                query: LoraLinear::load(svb.pp("query"), &name("query"), hd, hd)?,
+                key: Linear::load(svb.pp("key"), hd, hd, true)?,
+                value: LoraLinear::load(svb.pp("value"), &name("value"), hd, hd)?,
+                tail: LayerTail::load(&lvb, hd, c.intermediate_size, act, c.layer_norm_eps, c.hidden_dropout_prob)?,
+            });
+        }
+        Ok(Self {
+            word: e.get((c.vocab_size, hd), "word_embeddings.weight")?,
+            position: e.get((c.max_position_embeddings, hd), "position_embeddings.weight")?,
+            token_type: if c.type_vocab_size > 0 {
+                Some(e.get((c.type_vocab_size, hd), "token_type_embeddings.weight")?)
+            } else {
+                None
+            },
+            norm: LayerNorm::load(e.pp("LayerNorm"), hd, c.layer_norm_eps)?,
+            layers,
+            arrow,
+            config,
+        })
+    }
+
+    /// `ids`: `[B, T]` u32, `mask`: `[B, T]` (1 = token, 0 = padding). Returns `[B, T, hidden]`.
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        let (_, _, valid) = mask_to_host(mask)?;
+        let c = &self.config;
+        let heads = c.num_attention_heads;
+        let scale = 1.0 / ((c.hidden_size / heads) as f64).sqrt();
+        let pos = Tensor::from_vec(extended_position_ids(t, self.position.dim(0)?), t, ids.device())?;
+        let mut x = embed(&self.word, ids)?.broadcast_add(&self.position.index_select(&pos, 0)?)?;
+        if let Some(tt) = &self.token_type {
+            x = x.broadcast_add(&tt.narrow(0, 0, 1)?)?;
+        }
+        let x0 = self.norm.forward(&x, ctx)?;
+        let mut x = ctx.dropout(&x0, c.hidden_dropout_prob)?;
+        for l in &self.layers {
+            let q = split_heads(&l.query.forward(&x, ctx)?, heads)?;
+            let k = split_heads(&l.key.forward(&x)?, heads)?;
+            let v = split_heads(&l.value.forward(&x, ctx)?, heads)?;
+            let a = arrow_attention(&q, &k, &v, &valid, None, scale, &self.arrow, c.attention_probs_dropout_prob, ctx)?;
+            x = l.tail.forward(&merge_heads(&a)?, &x, ctx)?;
+        }
+        Ok(x)
+    }
+
+    pub fn device(&self) -> candle_core::Device {
+        self.word.device().clone()
+    }
+
+    pub fn lora_layers_mut(&mut self) -> impl Iterator<Item = &mut LoraLinear> {
+        self.layers.iter_mut().flat_map(|l| [&mut l.query, &mut l.value])
+    }
+
+    pub fn lora_layers(&self) -> impl Iterator<Item = &LoraLinear> {
+        self.layers.iter().flat_map(|l| [&l.query, &l.value])
+    }
+
+    pub fn add_lora(&mut self, cfg: &LoraConfig, rng: &mut ChaCha8Rng) -> Result<()> {
+        for l in self.lora_layers_mut() {
+            l.add_adapter(cfg, rng)?;
+        }
+        Ok(())
+    }
+
+    pub fn trainable(&self) -> Vec<(String, Var)> {
+        self.lora_layers().flat_map(|l| l.trainable()).collect()
+    }
+}

@@ -1,0 +1,82 @@
+//! The parts of a transformer layer that BERT and DeBERTa share word for word: the attention
+//! output (`attention.output.{dense,LayerNorm}`) and the feed-forward block
+//! (`intermediate.dense`, `output.{dense,LayerNorm}`), both post-LayerNorm with residuals.
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use crate::nn::{Activation, ForwardCtx, LayerNorm, Linear};
+use crate::Result;
+
+/// `LayerNorm(x + dropout(dense(h)))`, HF `*SelfOutput` / `*Output`.
+#[derive(Debug)]
+pub struct ResidualDense {
+    dense: Linear,
+    norm: LayerNorm,
+    dropout: f32,
+}
+
+impl ResidualDense {
+    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, eps: f64, dropout: f32) -> Result<Self> {
+        Ok(Self {
+            dense: Linear::load(vb.pp("dense"), in_dim, out_dim, true)?,
+            norm: LayerNorm::load(vb.pp("LayerNorm"), out_dim, eps)?,
+            dropout,
+        })
+    }
+
+    pub fn forward(&self, h: &Tensor, residual: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let y = ctx.dropout(&self.dense.forward(h)?, self.dropout)?;
+        self.norm.forward(&(y + residual)?, ctx)
+    }
+}
+
+/// Everything of a layer after the self-attention core.
+#[derive(Debug)]
+pub struct LayerTail {
+    attention_output: ResidualDense,
+    intermediate: Linear,
+    activation: Activation,
+    output: ResidualDense,
+}
+
+impl LayerTail {
+    /// `vb` is the layer's root (`encoder.layer.{i}`).
+    pub fn load(vb: &VarBuilder, hidden: usize, inter: usize, act: Activation, eps: f64, dropout: f32) -> Result<Self> {
+        Ok(Self {
+            attention_output: ResidualDense::load(vb.pp("attention").pp("output"), hidden, hidden, eps, dropout)?,
+            intermediate: Linear::load(vb.pp("intermediate").pp("dense"), hidden, inter, true)?,
+            activation: act,
+            output: ResidualDense::load(vb.pp("output"), inter, hidden, eps, dropout)?,
+        })
+    }
+
+    /// `attn`: the merged heads of the self-attention, `x`: the layer input.
+    pub fn forward(&self, attn: &Tensor, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let a = self.attention_output.forward(attn, x, ctx)?;
+        let i = self.activation.forward(&self.intermediate.forward(&a)?)?;
+        self.output.forward(&i, &a, ctx)
+    }
+}
+
+/// `[B, T, H·d]` → `[B, H, T, d]`.
+pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, t, hd) = x.dims3()?;
+    Ok(x.reshape((b, t, heads, hd / heads))?.transpose(1, 2)?.contiguous()?)
+}
+
+/// `[B, H, T, d]` → `[B, T, H·d]`.
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, t, d) = x.dims4()?;
+    Ok(x.transpose(1, 2)?.reshape((b, t, h * d))?)
+}
+
+/// Position ids past a learned table of `max` rows (spec-silent; our choice, documented in the
+/// README): positions `0..max` are used as they are, and from `max` on the learned rows
+/// `1..max` are repeated block-wise (Longformer copied RoBERTa's 512 positions the same way).
+/// Row 0 stays unique to [CLS], which is always at position 0.
+pub fn extended_position_ids(t: usize, max: usize) -> Vec<u32> {
+    (0..t)
+        .map(|k| if k < max || max < 2 { k.min(max.saturating_sub(1)) as u32 } else { (1 + (k - 1) % (max - 1)) as u32 })
+        .collect()
+}

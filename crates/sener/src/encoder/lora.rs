@@ -1,0 +1,217 @@
+//! LoRA adapters (Hu et al. 2021) on the query and value projections, as peft 0.11 does it for
+//! SeNER (spec §8): `y = x Wᵀ + b + (α/r) · dropout(x) Aᵀ Bᵀ`, A ∈ R^{r×in} (kaiming-uniform,
+//! bound 1/√in), B ∈ R^{out×r} (zeros). With `bias = "lora_only"` the bias of an adapted layer is
+//! trainable too; every other encoder weight is a frozen plain tensor.
+
+use candle_core::{Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::nn::ForwardCtx;
+use crate::Result;
+
+/// LoRA hyper-parameters (paper defaults: r 8, α 16, dropout 0).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f32,
+    /// Make the biases of the adapted projections trainable (peft `bias="lora_only"`).
+    pub train_bias: bool,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self { r: 8, alpha: 16.0, dropout: 0.0, train_bias: true }
+    }
+}
+
+impl LoraConfig {
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.r as f64
+    }
+}
+
+/// A linear layer that can carry a LoRA adapter.
+#[derive(Debug)]
+pub struct LoraLinear {
+    /// Checkpoint name of the module (e.g. `encoder.layer.3.attention.self.query_proj`).
+    name: String,
+    weight: Tensor,
+    bias: Option<Bias>,
+    adapter: Option<Adapter>,
+}
+
+#[derive(Debug)]
+enum Bias {
+    Frozen(Tensor),
+    Trainable(Var),
+}
+
+#[derive(Debug)]
+struct Adapter {
+    a: Var,
+    b: Var,
+    scale: f64,
+    dropout: f32,
+    /// `weight` currently includes `scale · B A` (inference fast path); forward then skips A, B.
+    merged: bool,
+}
+
+impl LoraLinear {
+    pub fn load(vb: candle_nn::VarBuilder, name: &str, in_dim: usize, out_dim: usize) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = Some(Bias::Frozen(vb.get(out_dim, "bias")?));
+        Ok(Self { name: name.to_string(), weight, bias, adapter: None })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Attach a fresh adapter (A random from `rng`, B = 0: the output is unchanged until trained).
+    pub fn add_adapter(&mut self, cfg: &LoraConfig, rng: &mut ChaCha8Rng) -> Result<()> {
+        let (out_dim, in_dim) = self.weight.dims2()?;
+        let dev = self.weight.device();
+        let dtype = self.weight.dtype();
+        let bound = 1.0 / (in_dim as f64).sqrt();
+        let a: Vec<f64> = (0..cfg.r * in_dim).map(|_| rng.random_range(-bound..bound)).collect();
+        let a = Tensor::from_vec(a, (cfg.r, in_dim), dev)?.to_dtype(dtype)?;
+        let b = Tensor::zeros((out_dim, cfg.r), dtype, dev)?;
+        self.unmerge()?;
+        self.adapter =
+            Some(Adapter { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, scale: cfg.scale(), dropout: cfg.dropout, merged: false });
+        if cfg.train_bias {
+            if let Some(Bias::Frozen(t)) = &self.bias {
+                self.bias = Some(Bias::Trainable(Var::from_tensor(t)?));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn has_adapter(&self) -> bool {
+        self.adapter.is_some()
+    }
+
+    /// Trainable tensors with their checkpoint names (`<name>.lora_A.weight`, `.lora_B.weight`,
+    /// `.bias`).
+    pub fn trainable(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        if let Some(ad) = &self.adapter {
+            out.push((format!("{}.lora_A.weight", self.name), ad.a.clone()));
+            out.push((format!("{}.lora_B.weight", self.name), ad.b.clone()));
+        }
+        if let Some(Bias::Trainable(v)) = &self.bias {
+            out.push((format!("{}.bias", self.name), v.clone()));
+        }
+        out
+    }
+
+    /// Fold `scale · B A` into the base weight (faster inference). Exact up to f32 rounding;
+    /// [`Self::unmerge`] subtracts the same product.
+    pub fn merge(&mut self) -> Result<()> {
+        if let Some(ad) = &mut self.adapter {
+            if !ad.merged {
+                let delta = (ad.b.as_tensor().matmul(ad.a.as_tensor())? * ad.scale)?;
+                self.weight = (&self.weight + delta)?;
+                ad.merged = true;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn unmerge(&mut self) -> Result<()> {
+        if let Some(ad) = &mut self.adapter {
+            if ad.merged {
+                let delta = (ad.b.as_tensor().matmul(ad.a.as_tensor())? * ad.scale)?;
+                self.weight = (&self.weight - delta)?;
+                ad.merged = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Current effective weight `W + scale·B A` (whether merged or not).
+    pub fn effective_weight(&self) -> Result<Tensor> {
+        match &self.adapter {
+            Some(ad) if !ad.merged => Ok((&self.weight + (ad.b.as_tensor().matmul(ad.a.as_tensor())? * ad.scale)?)?),
+            _ => Ok(self.weight.clone()),
+        }
+    }
+
+    pub fn forward(&self, xs: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let mut y = linear(xs, &self.weight)?;
+        match &self.bias {
+            Some(Bias::Frozen(b)) => y = y.broadcast_add(b)?,
+            Some(Bias::Trainable(b)) => y = y.broadcast_add(b.as_tensor())?,
+            None => {}
+        }
+        if let Some(ad) = &self.adapter {
+            if !ad.merged {
+                let x = ctx.dropout(xs, ad.dropout)?;
+                let low = linear(&linear(&x, ad.a.as_tensor())?, ad.b.as_tensor())?;
+                y = (y + (low * ad.scale)?)?;
+            }
+        }
+        Ok(y)
+    }
+
+    /// Set the adapter tensors from a checkpoint (shapes are checked).
+    pub fn set_adapter(&mut self, a: &Tensor, b: &Tensor, bias: Option<&Tensor>) -> Result<()> {
+        let ad = self.adapter.as_mut().ok_or_else(|| crate::Error::Input(format!("{}: no adapter attached", self.name)))?;
+        let was_merged = ad.merged;
+        if was_merged {
+            self.unmerge()?;
+        }
+        let ad = self.adapter.as_mut().ok_or_else(|| crate::Error::Input(format!("{}: no adapter", self.name)))?;
+        check_shape(&self.name, "lora_A", ad.a.as_tensor(), a)?;
+        check_shape(&self.name, "lora_B", ad.b.as_tensor(), b)?;
+        ad.a.set(&a.to_dtype(ad.a.dtype())?.to_device(ad.a.device())?)?;
+        ad.b.set(&b.to_dtype(ad.b.dtype())?.to_device(ad.b.device())?)?;
+        if let Some(src) = bias {
+            match &mut self.bias {
+                Some(Bias::Trainable(v)) => {
+                    check_shape(&self.name, "bias", v.as_tensor(), src)?;
+                    v.set(&src.to_dtype(v.dtype())?.to_device(v.device())?)?
+                }
+                Some(Bias::Frozen(t)) => {
+                    check_shape(&self.name, "bias", t, src)?;
+                    *t = src.to_dtype(t.dtype())?.to_device(t.device())?
+                }
+                None => {}
+            }
+        }
+        if was_merged {
+            self.merge()?;
+        }
+        Ok(())
+    }
+}
+
+fn check_shape(name: &str, what: &str, have: &Tensor, got: &Tensor) -> Result<()> {
+    if have.dims() != got.dims() {
+        return Err(crate::Error::Input(format!(
+            "{name}.{what}: adapter has shape {:?}, the model expects {:?}",
+            got.dims(),
+            have.dims()
+        )));
+    }
+    Ok(())
+}
+
+/// `x Wᵀ` for x of any rank ≥ 1 (W: `[out, in]`), as one 2-D matmul over the flattened rows.
+pub(crate) fn linear(xs: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = xs.dims();
+    let in_dim = *dims.last().ok_or_else(|| crate::Error::Input("linear on a scalar".into()))?;
+    let rows = xs.elem_count() / in_dim.max(1);
+    let y = xs.reshape((rows, in_dim))?.matmul(&w.t()?)?;
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("rank >= 1") = w.dim(0)?;
+    Ok(y.reshape(out_dims)?)
+}
+
+/// Deterministic RNG for adapter initialisation.
+pub fn init_rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}

@@ -1,0 +1,349 @@
+//! The encoder: one interface over the supported families (DeBERTa-v2/v3, BERT), all with arrow
+//! attention, LogN and LoRA. The rest of the model calls [`Encoder::forward`] and never needs to
+//! know which family it has.
+
+pub mod arrow_attention;
+pub mod bert;
+pub mod block;
+pub mod deberta;
+pub mod lora;
+pub mod relative_position;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+
+pub use arrow_attention::ArrowConfig;
+pub use lora::LoraConfig;
+
+use crate::nn::ForwardCtx;
+use crate::weights::{base_model_builder, read_config, WeightFiles};
+use crate::{Error, Result};
+
+/// Which family a checkpoint belongs to (`model_type` of `config.json`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EncoderKind {
+    DebertaV2,
+    Bert,
+}
+
+/// How to load an encoder.
+#[derive(Clone, Debug)]
+pub struct EncoderOptions {
+    pub arrow: ArrowConfig,
+    pub dtype: DType,
+    pub device: Device,
+}
+
+impl Default for EncoderOptions {
+    fn default() -> Self {
+        Self { arrow: ArrowConfig::default(), dtype: DType::F32, device: Device::Cpu }
+    }
+}
+
+/// A pretrained encoder with arrow attention.
+pub enum Encoder {
+    Deberta(deberta::DebertaV2Model),
+    Bert(bert::BertModel),
+}
+
+#[derive(serde::Deserialize)]
+struct ModelType {
+    model_type: Option<String>,
+}
+
+impl Encoder {
+    /// Loads a Hugging Face model folder (`config.json` + weights) as it is.
+    pub fn load(dir: &Path, opts: &EncoderOptions) -> Result<Self> {
+        let (mt, raw): (ModelType, _) = read_config(dir)?;
+        let cfg_path = dir.join("config.json");
+        let files = WeightFiles::find(dir)?;
+        let wpath = files.display_path();
+        let vb = files.var_builder(opts.dtype, &opts.device)?;
+        let wrap = |e: Error| match e {
+            Error::Candle(c) => Error::Weight { path: wpath.clone(), name: String::new(), message: c.to_string() },
+            other => other,
+        };
+        match mt.model_type.as_deref() {
+            Some("deberta-v2") => {
+                let cfg: deberta::DebertaV2Config = serde_json::from_value(raw)
+                    .map_err(|e| Error::Json { path: cfg_path.clone(), message: e.to_string() })?;
+                let vb = base_model_builder(vb, "deberta", "embeddings.word_embeddings.weight");
+                Ok(Self::Deberta(deberta::DebertaV2Model::load(vb, cfg, &cfg_path, opts.arrow.clone()).map_err(wrap)?))
+            }
+            Some("bert") => {
+                let cfg: bert::BertConfig = serde_json::from_value(raw)
+                    .map_err(|e| Error::Json { path: cfg_path.clone(), message: e.to_string() })?;
+                let vb = base_model_builder(vb, "bert", "embeddings.word_embeddings.weight");
+                Ok(Self::Bert(bert::BertModel::load(vb, cfg, &cfg_path, opts.arrow.clone()).map_err(wrap)?))
+            }
+            Some(other) => Err(Error::model(
+                &cfg_path,
+                format!("model_type `{other}` is not supported (supported: deberta-v2, bert)"),
+            )),
+            None => Err(Error::model(&cfg_path, "field `model_type` is missing")),
+        }
+    }
+
+    pub fn kind(&self) -> EncoderKind {
+        match self {
+            Self::Deberta(_) => EncoderKind::DebertaV2,
+            Self::Bert(_) => EncoderKind::Bert,
+        }
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            Self::Deberta(m) => m.config.hidden_size,
+            Self::Bert(m) => m.config.hidden_size,
+        }
+    }
+
+    pub fn num_layers(&self) -> usize {
+        match self {
+            Self::Deberta(m) => m.config.num_hidden_layers,
+            Self::Bert(m) => m.config.num_hidden_layers,
+        }
+    }
+
+    pub fn num_heads(&self) -> usize {
+        match self {
+            Self::Deberta(m) => m.config.num_attention_heads,
+            Self::Bert(m) => m.config.num_attention_heads,
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Self::Deberta(m) => m.config.vocab_size,
+            Self::Bert(m) => m.config.vocab_size,
+        }
+    }
+
+    pub fn intermediate_size(&self) -> usize {
+        match self {
+            Self::Deberta(m) => m.config.intermediate_size,
+            Self::Bert(m) => m.config.intermediate_size,
+        }
+    }
+
+    pub fn arrow(&self) -> &ArrowConfig {
+        match self {
+            Self::Deberta(m) => &m.arrow,
+            Self::Bert(m) => &m.arrow,
+        }
+    }
+
+    pub fn set_arrow(&mut self, arrow: ArrowConfig) {
+        match self {
+            Self::Deberta(m) => m.arrow = arrow,
+            Self::Bert(m) => m.arrow = arrow,
+        }
+    }
+
+    /// Last hidden states `[B, T, hidden]` for `ids` `[B, T]` (u32) and `mask` `[B, T]`
+    /// (1 = token, 0 = padding).
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if b == 0 || t == 0 {
+            return Err(Error::Input(format!("empty batch [{b}, {t}]")));
+        }
+        if mask.dims() != ids.dims() {
+            return Err(Error::Input(format!("mask shape {:?} differs from ids shape {:?}", mask.dims(), ids.dims())));
+        }
+        let max_id = ids.max_all()?.to_dtype(DType::U32)?.to_scalar::<u32>()? as usize;
+        if max_id >= self.vocab_size() {
+            return Err(Error::Input(format!("token id {max_id} is outside the vocabulary (size {})", self.vocab_size())));
+        }
+        match self {
+            Self::Deberta(m) => m.forward(ids, mask, ctx),
+            Self::Bert(m) => m.forward(ids, mask, ctx),
+        }
+    }
+
+    fn lora_layers(&self) -> Box<dyn Iterator<Item = &lora::LoraLinear> + '_> {
+        match self {
+            Self::Deberta(m) => Box::new(m.lora_layers()),
+            Self::Bert(m) => Box::new(m.lora_layers()),
+        }
+    }
+
+    fn lora_layers_mut(&mut self) -> Box<dyn Iterator<Item = &mut lora::LoraLinear> + '_> {
+        match self {
+            Self::Deberta(m) => Box::new(m.lora_layers_mut()),
+            Self::Bert(m) => Box::new(m.lora_layers_mut()),
+        }
+    }
+
+    /// Attach fresh LoRA adapters to the query and value projections of every layer.
+    pub fn add_lora(&mut self, cfg: &LoraConfig, seed: u64) -> Result<()> {
+        let mut rng = lora::init_rng(seed);
+        for l in self.lora_layers_mut() {
+            l.add_adapter(cfg, &mut rng)?;
+        }
+        Ok(())
+    }
+
+    /// The trainable tensors (LoRA A/B and adapted biases) with their checkpoint names. Everything
+    /// else in the encoder is a frozen plain tensor.
+    pub fn trainable(&self) -> Vec<(String, Var)> {
+        self.lora_layers().flat_map(|l| l.trainable()).collect()
+    }
+
+    /// Fold the adapters into the weights (inference fast path).
+    pub fn merge_lora(&mut self) -> Result<()> {
+        for l in self.lora_layers_mut() {
+            l.merge()?;
+        }
+        Ok(())
+    }
+
+    pub fn unmerge_lora(&mut self) -> Result<()> {
+        for l in self.lora_layers_mut() {
+            l.unmerge()?;
+        }
+        Ok(())
+    }
+
+    /// Loads a LoRA adapter: a PEFT folder (`adapter_config.json` + `adapter_model.safetensors`)
+    /// or a bare `.safetensors` file with PEFT key names (any prefix before `encoder.layer.`, with
+    /// or without peft's `.default` segment). Adapters are attached first when the model has none
+    /// (the rank is read from the tensors, α from `adapter_config.json` or `alpha`).
+    pub fn load_adapter(&mut self, path: &Path, alpha: Option<f64>) -> Result<AdapterReport> {
+        let (file, cfg_alpha) = adapter_paths(path)?;
+        let dev = self.device();
+        let tensors = candle_core::safetensors::load(&file, &dev)
+            .map_err(|e| Error::Weight { path: file.clone(), name: String::new(), message: e.to_string() })?;
+        let by_name: HashMap<String, Tensor> =
+            tensors.into_iter().filter_map(|(k, v)| normalise_adapter_key(&k).map(|n| (n, v))).collect();
+        let mut report = AdapterReport { path: file.clone(), layers: 0 };
+        let alpha = alpha.or(cfg_alpha);
+        let mut rng = lora::init_rng(0);
+        for l in self.lora_layers_mut() {
+            let a = by_name.get(&format!("{}.lora_A.weight", l.name()));
+            let b = by_name.get(&format!("{}.lora_B.weight", l.name()));
+            let (a, b) = match (a, b) {
+                (Some(a), Some(b)) => (a, b),
+                (None, None) => continue,
+                _ => {
+                    return Err(Error::Weight {
+                        path: file.clone(),
+                        name: l.name().to_string(),
+                        message: "has only one of lora_A / lora_B".into(),
+                    })
+                }
+            };
+            if !l.has_adapter() {
+                let r = a.dim(0)?;
+                let cfg = LoraConfig { r, alpha: alpha.unwrap_or(r as f64), ..LoraConfig::default() };
+                l.add_adapter(&cfg, &mut rng)?;
+            }
+            let bias = by_name.get(&format!("{}.bias", l.name()));
+            l.set_adapter(a, b, bias)
+                .map_err(|e| Error::Weight { path: file.clone(), name: l.name().to_string(), message: e.to_string() })?;
+            report.layers += 1;
+        }
+        if report.layers == 0 {
+            return Err(Error::Weight {
+                path: file,
+                name: String::new(),
+                message: "no LoRA tensor matches this encoder's query/value projections".into(),
+            });
+        }
+        Ok(report)
+    }
+
+    /// Writes the trainable tensors as a PEFT-compatible adapter folder.
+    pub fn save_adapter(&self, dir: &Path, cfg: &LoraConfig) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let tensors: HashMap<String, Tensor> = self
+            .trainable()
+            .into_iter()
+            .map(|(n, v)| (format!("base_model.model.{n}"), v.as_tensor().clone()))
+            .collect();
+        let file = dir.join("adapter_model.safetensors");
+        candle_core::safetensors::save(&tensors, &file).map_err(|e| Error::Weight {
+            path: file.clone(),
+            name: String::new(),
+            message: e.to_string(),
+        })?;
+        let targets: Vec<&str> = match self.kind() {
+            EncoderKind::DebertaV2 => vec!["query_proj", "value_proj"],
+            EncoderKind::Bert => vec!["query", "value"],
+        };
+        let config = serde_json::json!({
+            "peft_type": "LORA", "r": cfg.r, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
+            "target_modules": targets, "bias": if cfg.train_bias { "lora_only" } else { "none" },
+        });
+        let cpath = dir.join("adapter_config.json");
+        std::fs::write(&cpath, serde_json::to_string_pretty(&config).unwrap_or_default()).map_err(|e| Error::io(&cpath, e))
+    }
+
+    pub fn device(&self) -> Device {
+        match self {
+            Self::Deberta(m) => m.device(),
+            Self::Bert(m) => m.device(),
+        }
+    }
+}
+
+/// What [`Encoder::load_adapter`] applied.
+#[derive(Debug)]
+pub struct AdapterReport {
+    pub path: PathBuf,
+    /// Number of projections that received an adapter.
+    pub layers: usize,
+}
+
+fn adapter_paths(path: &Path) -> Result<(PathBuf, Option<f64>)> {
+    if path.is_dir() {
+        let file = path.join("adapter_model.safetensors");
+        if !file.is_file() {
+            return Err(Error::model(path, "no adapter_model.safetensors in this adapter folder"));
+        }
+        let cpath = path.join("adapter_config.json");
+        let alpha = if cpath.is_file() {
+            let text = std::fs::read_to_string(&cpath).map_err(|e| Error::io(&cpath, e))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::Json { path: cpath.clone(), message: e.to_string() })?;
+            v.get("lora_alpha").and_then(|a| a.as_f64())
+        } else {
+            None
+        };
+        Ok((file, alpha))
+    } else if path.is_file() {
+        Ok((path.to_path_buf(), None))
+    } else {
+        Err(Error::model(path, "adapter not found (expected a PEFT folder or a .safetensors file)"))
+    }
+}
+
+/// `base_model.model.pretrain_model.encoder.layer.3.attention.self.query_proj.lora_A.default.weight`
+/// → `encoder.layer.3.attention.self.query_proj.lora_A.weight`; keys without `encoder.layer.` → None.
+fn normalise_adapter_key(k: &str) -> Option<String> {
+    let start = k.find("encoder.layer.")?;
+    Some(k[start..].replace(".default.", ".").replace(".base_layer.", "."))
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::normalise_adapter_key;
+
+    #[test]
+    fn adapter_keys_are_normalised() {
+        assert_eq!(
+            normalise_adapter_key("base_model.model.pretrain_model.encoder.layer.3.attention.self.query_proj.lora_A.default.weight")
+                .as_deref(),
+            Some("encoder.layer.3.attention.self.query_proj.lora_A.weight")
+        );
+        assert_eq!(
+            normalise_adapter_key("module.base_model.model.pretrain_model.encoder.layer.0.attention.self.value_proj.base_layer.bias")
+                .as_deref(),
+            Some("encoder.layer.0.attention.self.value_proj.bias")
+        );
+        assert_eq!(normalise_adapter_key("base_model.model.U"), None);
+    }
+}

@@ -1,0 +1,28 @@
+//! # sener
+//!
+//! A Rust implementation of SeNER ("Small Language Model Makes an Effective Long Text Extractor",
+//! arXiv 2502.07286): long-document named-entity extraction with an arrow-attention encoder and a
+//! banded span model, in memory linear in the document length.
+//!
+//! This release contains the encoder ([`encoder`]): DeBERTa-v2/v3 and BERT checkpoints in Hugging
+//! Face layout, with bidirectional arrow attention, LogN scaling of the [CLS] row and LoRA.
+//!
+//! ```no_run
+//! use sener::encoder::{Encoder, EncoderOptions};
+//! use sener::nn::ForwardCtx;
+//! # fn main() -> sener::Result<()> {
+//! let enc = Encoder::load(std::path::Path::new("models/all-MiniLM-L6-v2"), &EncoderOptions::default())?;
+//! let ids = candle_core::Tensor::new(&[[101u32, 7592, 2088, 102]], &candle_core::Device::Cpu)?;
+//! let mask = ids.ones_like()?;
+//! let hidden = enc.forward(&ids, &mask, &mut ForwardCtx::eval())?; // [1, 4, 384]
+//! # Ok(()) }
+//! ```
+
+pub mod encoder;
+pub mod error;
+pub mod mem;
+pub mod nn;
+pub mod tokenizer;
+pub mod weights;
+
+pub use error::{Error, Result};
