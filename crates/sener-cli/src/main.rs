@@ -1,1 +1,20 @@
-fn main() {}
+//! `sener`: long-document named-entity extraction with SeNER.
+
+mod bench;
+mod cli;
+mod encode;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match cli::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

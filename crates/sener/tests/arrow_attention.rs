@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sener::encoder::arrow_attention::{arrow_attention, ArrowConfig, RelativeTerms};
+use sener::encoder::arrow_attention::{arrow_attention, ArrowConfig, ArrowMask, RelativeTerms};
 use sener::encoder::relative_position::RelativeIndex;
 use sener::nn::ForwardCtx;
 
@@ -124,18 +124,9 @@ impl Case {
             pos_query: rel.1.then_some(pq),
         };
         let use_rel = rel.0 || rel.1;
-        let out = arrow_attention(
-            &q,
-            &k,
-            &v,
-            &self.valid(),
-            use_rel.then_some(&terms),
-            scale,
-            cfg,
-            0.0,
-            &mut ForwardCtx::eval(),
-        )
-        .unwrap();
+        let mask = ArrowMask::new(&self.valid(), self.b, self.t(), cfg, dtype, &Device::Cpu).unwrap();
+        let out =
+            arrow_attention(&q, &k, &v, &mask, use_rel.then_some(&terms), scale, 0.0, &mut ForwardCtx::eval()).unwrap();
         out.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
     }
 }
@@ -242,14 +233,14 @@ fn finite_difference_gradients_through_the_band() {
     let cfg = ArrowConfig { window: 3, ..ArrowConfig::default() };
     let [q, k, v, pk, pq] = case.tensors(DType::F64);
     let vars: Vec<Var> = [q, k, v, pk, pq].iter().map(|t| Var::from_tensor(t).unwrap()).collect();
-    let valid = case.valid();
+    let mask = ArrowMask::new(&case.valid(), 2, 13, &cfg, DType::F64, &Device::Cpu).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(99);
     let r: Vec<f64> = (0..2 * 2 * 13 * 3).map(|_| rng.random_range(-1.0..1.0)).collect();
     let r = Tensor::from_vec(r, (2, 2, 13, 3), &Device::Cpu).unwrap();
     let loss = |ts: &[Tensor]| -> Tensor {
         let terms = RelativeTerms { index: case.index, pos_key: Some(ts[3].clone()), pos_query: Some(ts[4].clone()) };
         let out =
-            arrow_attention(&ts[0], &ts[1], &ts[2], &valid, Some(&terms), 0.4, &cfg, 0.0, &mut ForwardCtx::grad_only()).unwrap();
+            arrow_attention(&ts[0], &ts[1], &ts[2], &mask, Some(&terms), 0.4, 0.0, &mut ForwardCtx::grad_only()).unwrap();
         (out * &r).unwrap().sum_all().unwrap()
     };
     let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();

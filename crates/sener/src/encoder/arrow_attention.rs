@@ -89,9 +89,57 @@ pub struct RelativeTerms {
     pub pos_query: Option<Tensor>,
 }
 
+/// The masks of one batch, built once per forward and shared by every layer.
+pub struct ArrowMask {
+    b: usize,
+    t: usize,
+    g: Geometry,
+    global_cls: bool,
+    logn_factor: f64,
+    /// `[B, 1, nb, bs, kw]` additive
+    band: Tensor,
+    /// `[B, 1, np, 1]` additive, global column (key 0)
+    col: Tensor,
+    /// `[B, 1, 1, np]` additive, global row (query 0)
+    row: Tensor,
+    /// `[B, 1, np, 1]` 1/0, valid queries
+    query: Tensor,
+}
+
+impl ArrowMask {
+    /// `valid`: `B·T` booleans (row-major) marking real tokens.
+    pub fn new(valid: &[bool], b: usize, t: usize, cfg: &ArrowConfig, dtype: DType, dev: &Device) -> Result<Self> {
+        if valid.len() != b * t || t == 0 {
+            return Err(crate::Error::Input(format!("mask has {} entries for a [{b}, {t}] batch", valid.len())));
+        }
+        let g = Geometry::new(t, cfg.window);
+        let np = g.np;
+        let band = g.band_bias(b, valid, cfg, dtype, dev)?;
+        let col = bias_tensor(
+            (0..b).flat_map(|bi| (0..np).map(move |i| i < t && valid[bi * t + i] && valid[bi * t])),
+            (b, 1, np, 1),
+            dtype,
+            dev,
+        )?;
+        let row = bias_tensor(
+            (0..b).flat_map(|bi| (0..np).map(move |j| j < t && valid[bi * t + j] && valid[bi * t])),
+            (b, 1, 1, np),
+            dtype,
+            dev,
+        )?;
+        let query = bias_free_mask(
+            (0..b).flat_map(|bi| (0..np).map(move |i| i < t && valid[bi * t + i])),
+            (b, 1, np, 1),
+            dtype,
+            dev,
+        )?;
+        Ok(Self { b, t, g, global_cls: cfg.global_cls, logn_factor: cfg.logn_factor(t), band, col, row, query })
+    }
+}
+
 /// Arrow attention of one layer.
 ///
-/// `q`, `k`, `v`: `[B, H, T, d]`; `valid`: `B·T` booleans (row-major) marking real tokens;
+/// `q`, `k`, `v`: `[B, H, T, d]`; `mask`: the batch's [`ArrowMask`] (built with the same config);
 /// `scale`: the factor applied to the summed scores (1/√(d·(1+#rel terms)) for DeBERTa, 1/√d for
 /// BERT); `dropout`: attention-probability dropout. Returns `[B, H, T, d]`, zero on padding rows.
 #[allow(clippy::too_many_arguments)]
@@ -99,20 +147,18 @@ pub fn arrow_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    valid: &[bool],
+    mask: &ArrowMask,
     rel: Option<&RelativeTerms>,
     scale: f64,
-    cfg: &ArrowConfig,
     dropout: f32,
     ctx: &mut ForwardCtx,
 ) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
-    if valid.len() != b * t {
-        return Err(crate::Error::Input(format!("mask has {} entries for a [{b}, {t}] batch", valid.len())));
+    if (b, t) != (mask.b, mask.t) {
+        return Err(crate::Error::Input(format!("mask is for [{}, {}], inputs are [{b}, {t}]", mask.b, mask.t)));
     }
     let dev = q.device().clone();
-    let dtype = q.dtype();
-    let g = Geometry::new(t, cfg.window);
+    let g = &mask.g;
     let (bs, nb, np, kw) = (g.bs, g.nb, g.np, g.kw);
     let bh = b * h;
 
@@ -167,14 +213,13 @@ pub fn arrow_attention(
         }
     }
     let scores = (scores * scale)?;
-    let band_bias = g.band_bias(b, valid, cfg, dtype, &dev)?; // [B, 1, nb, bs, kw]
-    let mut scores = scores.reshape((b, h, nb, bs, kw))?.broadcast_add(&band_bias)?.reshape((bh, nb, bs, kw))?;
+    let mut scores = scores.reshape((b, h, nb, bs, kw))?.broadcast_add(&mask.band)?.reshape((bh, nb, bs, kw))?;
 
     // ---- global column: every query scores key 0 ----
     let positions = |f: &dyn Fn(i64) -> i64| -> Vec<u32> {
         (0..np as i64).map(|x| rel.map(|r| r.index.row(f(x))).unwrap_or(0)).collect()
     };
-    if cfg.global_cls {
+    if mask.global_cls {
         let k0 = k3.narrow(1, 0, 1)?; // [BH, 1, d]
         let mut col = q3.matmul(&k0.t()?)?; // [BH, np, 1]
         if let Some(rel) = rel {
@@ -192,19 +237,13 @@ pub fn arrow_attention(
             }
         }
         let col = (col * scale)?;
-        let col_bias = bias_tensor(
-            (0..b).flat_map(|bi| (0..np).map(move |i| i < t && valid[bi * t + i] && valid[bi * t])),
-            (b, 1, np, 1),
-            dtype,
-            &dev,
-        )?;
-        let col = col.reshape((b, h, np, 1))?.broadcast_add(&col_bias)?.reshape((bh, nb, bs, 1))?;
+        let col = col.reshape((b, h, np, 1))?.broadcast_add(&mask.col)?.reshape((bh, nb, bs, 1))?;
         scores = Tensor::cat(&[&scores, &col], 3)?;
     }
 
     let probs = ctx.softmax_last(&scores)?;
     let probs = ctx.dropout(&probs, dropout)?;
-    let mut out = if cfg.global_cls {
+    let mut out = if mask.global_cls {
         let local = probs.narrow(3, 0, kw)?.contiguous()?.matmul(&vb)?;
         let v0 = v3.narrow(1, 0, 1)?.reshape((bh, 1, 1, d))?;
         (local + probs.narrow(3, kw, 1)?.broadcast_mul(&v0)?)?
@@ -214,7 +253,7 @@ pub fn arrow_attention(
     .reshape((bh, np, d))?;
 
     // ---- global row: [CLS] scores every key, LogN-scaled, replaces row 0 ----
-    if cfg.global_cls {
+    if mask.global_cls {
         let q0 = q3.narrow(1, 0, 1)?; // [BH, 1, d]
         let mut row = q0.matmul(&k3.t()?)?; // [BH, 1, np]
         if let Some(rel) = rel {
@@ -230,14 +269,8 @@ pub fn arrow_attention(
                 row = (row + p2c.reshape((bh, 1, np))?)?;
             }
         }
-        let row = (row * (scale * cfg.logn_factor(t)))?;
-        let row_bias = bias_tensor(
-            (0..b).flat_map(|bi| (0..np).map(move |j| j < t && valid[bi * t + j] && valid[bi * t])),
-            (b, 1, 1, np),
-            dtype,
-            &dev,
-        )?;
-        let row = row.reshape((b, h, 1, np))?.broadcast_add(&row_bias)?.reshape((bh, 1, np))?;
+        let row = (row * (scale * mask.logn_factor))?;
+        let row = row.reshape((b, h, 1, np))?.broadcast_add(&mask.row)?.reshape((bh, 1, np))?;
         let p0 = ctx.softmax_last(&row)?;
         let p0 = ctx.dropout(&p0, dropout)?;
         let out0 = p0.matmul(&v3)?; // [BH, 1, d]
@@ -245,13 +278,7 @@ pub fn arrow_attention(
     }
 
     // Padding queries attend nothing: their output rows are 0.
-    let qmask = bias_free_mask(
-        (0..b).flat_map(|bi| (0..np).map(move |i| i < t && valid[bi * t + i])),
-        (b, 1, np, 1),
-        dtype,
-        &dev,
-    )?;
-    let out = out.reshape((b, h, np, d))?.broadcast_mul(&qmask)?;
+    let out = out.reshape((b, h, np, d))?.broadcast_mul(&mask.query)?;
     Ok(if np > t { out.narrow(2, 0, t)? } else { out })
 }
 

@@ -17,7 +17,7 @@ use candle_nn::VarBuilder;
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
-use super::arrow_attention::{arrow_attention, ArrowConfig};
+use super::arrow_attention::{arrow_attention, ArrowConfig, ArrowMask};
 use super::block::{extended_position_ids, merge_heads, split_heads, LayerTail};
 use super::lora::{LoraConfig, LoraLinear};
 use crate::nn::{embed, mask_to_host, Activation, ForwardCtx, LayerNorm, Linear};
@@ -141,8 +141,8 @@ impl BertModel {
 
     /// `ids`: `[B, T]` u32, `mask`: `[B, T]` (1 = token, 0 = padding). Returns `[B, T, hidden]`.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let (_, t) = ids.dims2()?;
-        let (_, _, valid) = mask_to_host(mask)?;
+        let (b, t, valid) = mask_to_host(mask)?;
+        let arrow_mask = ArrowMask::new(&valid, b, t, &self.arrow, self.dtype(), &ids.device().clone())?;
         let c = &self.config;
         let heads = c.num_attention_heads;
         let scale = 1.0 / ((c.hidden_size / heads) as f64).sqrt();
@@ -157,7 +157,7 @@ impl BertModel {
             let q = split_heads(&l.query.forward(&x, ctx)?, heads)?;
             let k = split_heads(&l.key.forward(&x)?, heads)?;
             let v = split_heads(&l.value.forward(&x, ctx)?, heads)?;
-            let a = arrow_attention(&q, &k, &v, &valid, None, scale, &self.arrow, c.attention_probs_dropout_prob, ctx)?;
+            let a = arrow_attention(&q, &k, &v, &arrow_mask, None, scale, c.attention_probs_dropout_prob, ctx)?;
             x = l.tail.forward(&merge_heads(&a)?, &x, ctx)?;
         }
         Ok(x)
@@ -165,6 +165,10 @@ impl BertModel {
 
     pub fn device(&self) -> candle_core::Device {
         self.word.device().clone()
+    }
+
+    pub fn dtype(&self) -> candle_core::DType {
+        self.word.dtype()
     }
 
     pub fn lora_layers_mut(&mut self) -> impl Iterator<Item = &mut LoraLinear> {

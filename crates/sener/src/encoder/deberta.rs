@@ -20,7 +20,7 @@ use candle_nn::VarBuilder;
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
-use super::arrow_attention::{arrow_attention, ArrowConfig, RelativeTerms};
+use super::arrow_attention::{arrow_attention, ArrowConfig, ArrowMask, RelativeTerms};
 use super::block::{extended_position_ids, merge_heads, split_heads, LayerTail};
 use super::lora::{LoraConfig, LoraLinear};
 use super::relative_position::RelativeIndex;
@@ -277,7 +277,8 @@ impl DebertaV2Model {
 
     /// `ids`: `[B, T]` u32, `mask`: `[B, T]` (1 = token, 0 = padding). Returns `[B, T, hidden]`.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let (_, _, valid) = mask_to_host(mask)?;
+        let (b, t, valid) = mask_to_host(mask)?;
+        let arrow_mask = ArrowMask::new(&valid, b, t, &self.arrow, self.dtype(), &ids.device().clone())?;
         let c = &self.config;
         let heads = c.num_attention_heads;
         let scale = 1.0 / ((c.head_dim() * c.scale_factor()) as f64).sqrt();
@@ -323,10 +324,9 @@ impl DebertaV2Model {
                 &q,
                 &k,
                 &v,
-                &valid,
+                &arrow_mask,
                 terms.as_ref(),
                 scale,
-                &self.arrow,
                 c.attention_probs_dropout_prob,
                 ctx,
             )?;
@@ -337,6 +337,10 @@ impl DebertaV2Model {
 
     pub fn device(&self) -> candle_core::Device {
         self.embeddings.word.device().clone()
+    }
+
+    pub fn dtype(&self) -> candle_core::DType {
+        self.embeddings.word.dtype()
     }
 
     pub fn lora_layers_mut(&mut self) -> impl Iterator<Item = &mut LoraLinear> {

@@ -49,41 +49,55 @@ pub enum Encoder {
     Bert(bert::BertModel),
 }
 
-#[derive(serde::Deserialize)]
-struct ModelType {
-    model_type: Option<String>,
-}
-
 impl Encoder {
     /// Loads a Hugging Face model folder (`config.json` + weights) as it is.
     pub fn load(dir: &Path, opts: &EncoderOptions) -> Result<Self> {
-        let (mt, raw): (ModelType, _) = read_config(dir)?;
-        let cfg_path = dir.join("config.json");
+        let (_, raw): (serde_json::Value, _) = read_config(dir)?;
         let files = WeightFiles::find(dir)?;
         let wpath = files.display_path();
         let vb = files.var_builder(opts.dtype, &opts.device)?;
-        let wrap = |e: Error| match e {
+        Self::from_config(raw, vb, &dir.join("config.json"), opts).map_err(|e| match e {
             Error::Candle(c) => Error::Weight { path: wpath.clone(), name: String::new(), message: c.to_string() },
             other => other,
-        };
-        match mt.model_type.as_deref() {
+        })
+    }
+
+    /// A randomly initialised encoder of the shape `config` (a `config.json` value) describes, for
+    /// benchmarks: see [`presets`].
+    pub fn random(config: serde_json::Value, opts: &EncoderOptions, seed: u64) -> Result<Self> {
+        let vb = candle_nn::VarBuilder::from_backend(
+            Box::new(crate::weights::RandomInit { seed }),
+            opts.dtype,
+            opts.device.clone(),
+        );
+        Self::from_config(config, vb, Path::new("<random>"), opts)
+    }
+
+    /// Builds the family named by `model_type` from a parsed `config.json` and a weight source.
+    pub fn from_config(
+        raw: serde_json::Value,
+        vb: candle_nn::VarBuilder<'static>,
+        cfg_path: &Path,
+        opts: &EncoderOptions,
+    ) -> Result<Self> {
+        let json_err = |e: serde_json::Error| Error::Json { path: cfg_path.to_path_buf(), message: e.to_string() };
+        let model_type = raw.get("model_type").and_then(|v| v.as_str()).map(str::to_string);
+        match model_type.as_deref() {
             Some("deberta-v2") => {
-                let cfg: deberta::DebertaV2Config = serde_json::from_value(raw)
-                    .map_err(|e| Error::Json { path: cfg_path.clone(), message: e.to_string() })?;
+                let cfg: deberta::DebertaV2Config = serde_json::from_value(raw).map_err(json_err)?;
                 let vb = base_model_builder(vb, "deberta", "embeddings.word_embeddings.weight");
-                Ok(Self::Deberta(deberta::DebertaV2Model::load(vb, cfg, &cfg_path, opts.arrow.clone()).map_err(wrap)?))
+                Ok(Self::Deberta(deberta::DebertaV2Model::load(vb, cfg, cfg_path, opts.arrow.clone())?))
             }
             Some("bert") => {
-                let cfg: bert::BertConfig = serde_json::from_value(raw)
-                    .map_err(|e| Error::Json { path: cfg_path.clone(), message: e.to_string() })?;
+                let cfg: bert::BertConfig = serde_json::from_value(raw).map_err(json_err)?;
                 let vb = base_model_builder(vb, "bert", "embeddings.word_embeddings.weight");
-                Ok(Self::Bert(bert::BertModel::load(vb, cfg, &cfg_path, opts.arrow.clone()).map_err(wrap)?))
+                Ok(Self::Bert(bert::BertModel::load(vb, cfg, cfg_path, opts.arrow.clone())?))
             }
             Some(other) => Err(Error::model(
-                &cfg_path,
+                cfg_path,
                 format!("model_type `{other}` is not supported (supported: deberta-v2, bert)"),
             )),
-            None => Err(Error::model(&cfg_path, "field `model_type` is missing")),
+            None => Err(Error::model(cfg_path, "field `model_type` is missing")),
         }
     }
 
@@ -286,6 +300,38 @@ impl Encoder {
             Self::Deberta(m) => m.device(),
             Self::Bert(m) => m.device(),
         }
+    }
+}
+
+/// `config.json` values of published encoder shapes, for random models in benchmarks.
+pub mod presets {
+    /// microsoft/deberta-v3-base.
+    pub fn deberta_v3_base() -> serde_json::Value {
+        serde_json::json!({
+            "model_type": "deberta-v2", "vocab_size": 128100, "hidden_size": 768, "num_hidden_layers": 12,
+            "num_attention_heads": 12, "intermediate_size": 3072, "hidden_act": "gelu",
+            "max_position_embeddings": 512, "type_vocab_size": 0, "layer_norm_eps": 1e-7,
+            "relative_attention": true, "max_relative_positions": -1, "position_buckets": 256,
+            "position_biased_input": false, "pos_att_type": ["p2c", "c2p"], "share_att_key": true,
+            "norm_rel_ebd": "layer_norm", "pad_token_id": 0
+        })
+    }
+    /// microsoft/deberta-v3-large (the paper's encoder).
+    pub fn deberta_v3_large() -> serde_json::Value {
+        let mut v = deberta_v3_base();
+        v["hidden_size"] = 1024.into();
+        v["num_hidden_layers"] = 24.into();
+        v["num_attention_heads"] = 16.into();
+        v["intermediate_size"] = 4096.into();
+        v
+    }
+    /// sentence-transformers/all-MiniLM-L6-v2.
+    pub fn minilm_l6() -> serde_json::Value {
+        serde_json::json!({
+            "model_type": "bert", "vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6,
+            "num_attention_heads": 12, "intermediate_size": 1536, "hidden_act": "gelu",
+            "max_position_embeddings": 512, "type_vocab_size": 2, "layer_norm_eps": 1e-12
+        })
     }
 }
 

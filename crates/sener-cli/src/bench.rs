@@ -1,0 +1,212 @@
+//! `sener bench encoder`: forward time, tokens/s, peak RSS and achieved GFLOP/s of the encoder for
+//! several lengths, arrow vs full attention. Each measurement runs in a child process
+//! (`sener bench encoder-one`), so peak RSS is that measurement's alone.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use sener::encoder::{presets, ArrowConfig, Encoder, EncoderKind, EncoderOptions};
+use sener::nn::ForwardCtx;
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{BenchEncoderArgs, BenchOneArgs};
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Measurement {
+    pub model: String,
+    pub mode: String,
+    pub length: usize,
+    pub window: usize,
+    /// Seconds per forward (median of the timed runs).
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+    /// Peak RSS of the whole process (weights included), bytes.
+    pub peak_rss: u64,
+    /// RSS after loading the weights, bytes.
+    pub model_rss: u64,
+    /// Model FLOPs of one forward (dense layers + attention over the allowed pairs).
+    pub flops: f64,
+    pub gflops_per_s: f64,
+    /// Set when the measurement was not run or failed.
+    pub skipped: Option<String>,
+}
+
+fn minilm_dir(arg: &Option<PathBuf>) -> Option<PathBuf> {
+    arg.clone().or_else(|| std::env::var_os("SENER_MINILM_DIR").map(PathBuf::from)).filter(|d| d.join("config.json").is_file())
+}
+
+/// Model FLOPs of one forward over `t` tokens.
+fn forward_flops(enc: &Encoder, t: usize, arrow: &ArrowConfig) -> f64 {
+    let (d, i, layers) = (enc.hidden_size() as f64, enc.intermediate_size() as f64, enc.num_layers() as f64);
+    let dense = 2.0 * (4.0 * d * d + 2.0 * d * i);
+    let keys = if arrow.window >= t { t as f64 } else { (2 * arrow.window + 1).min(t) as f64 + 1.0 };
+    // QKᵀ and PV; DeBERTa adds the c2p and p2c score terms.
+    let score_terms = if enc.kind() == EncoderKind::DebertaV2 { 3.0 } else { 1.0 };
+    let attn = 2.0 * d * keys * (score_terms + 1.0);
+    layers * t as f64 * (dense + attn)
+}
+
+/// Rough peak of full attention (bytes): score-sized tensors per layer kept at once.
+fn full_attention_estimate(model: &str, t: usize) -> f64 {
+    let (heads, copies) = match model {
+        "minilm" => (12.0, 3.0),
+        "deberta-v3-large" => (16.0, 8.0),
+        _ => (12.0, 8.0),
+    };
+    heads * copies * (t as f64) * (t as f64) * 4.0
+}
+
+pub fn run_encoder(a: BenchEncoderArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("locating the sener binary")?;
+    let minilm = minilm_dir(&a.minilm);
+    let (gf_square, gf_linear) = matmul_throughput()?;
+    println!(
+        "candle f32 matmul on this machine: {gf_square:.0} GFLOP/s (1024³), {gf_linear:.0} GFLOP/s ([4096×768]·[768×3072])"
+    );
+    println!();
+    println!("| model | attention | tokens | s / forward | tokens/s | peak RSS (MiB) | activations (MiB) | GFLOP/s |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    let mut all = Vec::new();
+    for model in &a.models {
+        if model == "minilm" && minilm.is_none() {
+            eprintln!("skipping minilm: no --minilm folder and SENER_MINILM_DIR unset (tools/setup-minilm.sh)");
+            continue;
+        }
+        for &t in &a.lengths {
+            for mode in ["arrow", "full"] {
+                let est = full_attention_estimate(model, t) / (1u64 << 30) as f64;
+                let m = if mode == "full" && est > a.full_budget_gib {
+                    skipped(model, mode, t, a.window, format!("est. {est:.0} GiB > budget {:.0} GiB", a.full_budget_gib))
+                } else {
+                    let mut cmd = Command::new(&exe);
+                    cmd.args(["bench", "encoder-one", "--model", model, "--mode", mode])
+                        .args(["--length", &t.to_string(), "--repeat", &a.repeat.to_string(), "--window", &a.window.to_string()]);
+                    if let Some(d) = &minilm {
+                        cmd.arg("--minilm").arg(d);
+                    }
+                    let out = cmd.output().context("running sener bench encoder-one")?;
+                    let line = String::from_utf8_lossy(&out.stdout);
+                    match serde_json::from_str::<Measurement>(line.trim()) {
+                        Ok(m) if out.status.success() => m,
+                        _ => skipped(model, mode, t, a.window, format!("failed: {}", String::from_utf8_lossy(&out.stderr).trim())),
+                    }
+                };
+                print_row(&m);
+                all.push(m);
+            }
+        }
+    }
+    if let Some(p) = &a.json {
+        let v = serde_json::json!({ "matmul_gflops_1024": gf_square, "matmul_gflops_linear": gf_linear, "runs": all });
+        std::fs::write(p, serde_json::to_string_pretty(&v)?).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn skipped(model: &str, mode: &str, length: usize, window: usize, why: String) -> Measurement {
+    Measurement {
+        model: model.into(),
+        mode: mode.into(),
+        length,
+        window,
+        seconds: f64::NAN,
+        tokens_per_s: f64::NAN,
+        peak_rss: 0,
+        model_rss: 0,
+        flops: 0.0,
+        gflops_per_s: f64::NAN,
+        skipped: Some(why),
+    }
+}
+
+fn print_row(m: &Measurement) {
+    let mib = |b: u64| b as f64 / 1048576.0;
+    match &m.skipped {
+        Some(why) => println!("| {} | {} | {} | — | — | — | — | {} |", m.model, m.mode, m.length, why),
+        None => println!(
+            "| {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            m.model,
+            m.mode,
+            m.length,
+            m.seconds,
+            m.tokens_per_s,
+            mib(m.peak_rss),
+            mib(m.peak_rss.saturating_sub(m.model_rss)),
+            m.gflops_per_s
+        ),
+    }
+}
+
+pub fn run_one(a: BenchOneArgs) -> Result<()> {
+    let arrow = match a.mode.as_str() {
+        "arrow" => ArrowConfig { window: a.window, ..ArrowConfig::default() },
+        "full" => ArrowConfig::full(),
+        m => bail!("--mode {m}: expected arrow or full"),
+    };
+    let opts = EncoderOptions { arrow: arrow.clone(), dtype: DType::F32, device: Device::Cpu };
+    let enc = match a.model.as_str() {
+        "minilm" => {
+            let dir = minilm_dir(&a.minilm).context("no MiniLM folder")?;
+            Encoder::load(&dir, &opts)?
+        }
+        "deberta-v3-base" => Encoder::random(presets::deberta_v3_base(), &opts, 0)?,
+        "deberta-v3-large" => Encoder::random(presets::deberta_v3_large(), &opts, 0)?,
+        m => bail!("unknown model {m}"),
+    };
+    let model_rss = sener::mem::current_rss().unwrap_or(0);
+    let vocab = enc.vocab_size() as u32;
+    let ids = |t: usize| -> Result<Tensor> {
+        let v: Vec<u32> = (0..t).map(|i| if i == 0 { 1 } else { 3 + (i as u32 * 2_654_435_761) % (vocab - 3) }).collect();
+        Ok(Tensor::from_vec(v, (1, t), &Device::Cpu)?)
+    };
+    // Warm-up (thread pools, first-touch of the weights) on a short input.
+    let w = ids(a.length.min(256))?;
+    enc.forward(&w, &w.ones_like()?, &mut ForwardCtx::eval())?;
+    sener::mem::reset_peak_rss();
+    let x = ids(a.length)?;
+    let mask = x.ones_like()?;
+    let mut times = Vec::new();
+    for _ in 0..a.repeat.max(1) {
+        let t0 = Instant::now();
+        let h = enc.forward(&x, &mask, &mut ForwardCtx::eval())?;
+        drop(h);
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let seconds = times[times.len() / 2];
+    let flops = forward_flops(&enc, a.length, &arrow);
+    let m = Measurement {
+        model: a.model.clone(),
+        mode: a.mode.clone(),
+        length: a.length,
+        window: a.window,
+        seconds,
+        tokens_per_s: a.length as f64 / seconds,
+        peak_rss: sener::mem::peak_rss().unwrap_or(0),
+        model_rss,
+        flops,
+        gflops_per_s: flops / seconds / 1e9,
+        skipped: None,
+    };
+    println!("{}", serde_json::to_string(&m)?);
+    Ok(())
+}
+
+/// GFLOP/s of candle's f32 matmul here: a 1024³ product and a typical linear-layer shape.
+fn matmul_throughput() -> Result<(f64, f64)> {
+    let time = |m: usize, k: usize, n: usize| -> Result<f64> {
+        let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+        let b = Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu)?;
+        a.matmul(&b)?; // warm-up
+        let reps = 5;
+        let t0 = Instant::now();
+        for _ in 0..reps {
+            a.matmul(&b)?;
+        }
+        Ok(2.0 * (m * k * n) as f64 * reps as f64 / t0.elapsed().as_secs_f64() / 1e9)
+    };
+    Ok((time(1024, 1024, 1024)?, time(4096, 768, 3072)?))
+}

@@ -1,0 +1,148 @@
+//! Command-line flags, validated once into the plain configs the commands run with.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use sener::encoder::ArrowConfig;
+
+#[derive(Parser, Debug)]
+#[command(name = "sener", version, about = "Long-document named-entity extraction with SeNER (arrow attention, banded spans)")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Encode one text with an encoder checkpoint and write its last hidden states
+    /// (contextual embeddings of a whole long document).
+    Encode(EncodeArgs),
+    /// Benchmarks: time, tokens/s and peak RSS.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// Arrow-attention flags shared by every command that runs an encoder.
+#[derive(Args, Debug, Clone)]
+pub struct ArrowArgs {
+    /// One-sided attention window in subword tokens (w). A window ≥ the input length with
+    /// --no-logn is exactly the stock full attention.
+    #[arg(long, default_value_t = 128)]
+    pub window: usize,
+    /// Switch off LogN scaling of the [CLS] query row.
+    #[arg(long)]
+    pub no_logn: bool,
+    /// Plain sliding-window attention: [CLS] is not global (ablation).
+    #[arg(long)]
+    pub no_global_cls: bool,
+}
+
+impl ArrowArgs {
+    pub fn to_config(&self) -> Result<ArrowConfig> {
+        if self.window == 0 {
+            bail!("--window must be at least 1");
+        }
+        Ok(ArrowConfig { window: self.window, logn: !self.no_logn, global_cls: !self.no_global_cls, ..ArrowConfig::default() })
+    }
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["text", "file", "ids"])))]
+pub struct EncodeArgs {
+    /// Hugging Face model folder (config.json + model.safetensors or pytorch_model.bin).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Text to encode (tokenized with the folder's tokenizer.json, [CLS]/[SEP] added).
+    #[arg(long)]
+    pub text: Option<String>,
+    /// UTF-8 file to encode as one document ('-' reads standard input).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Exact token ids, comma-separated, special tokens included; needs no tokenizer.
+    #[arg(long, value_delimiter = ',')]
+    pub ids: Option<Vec<u32>>,
+    #[command(flatten)]
+    pub arrow: ArrowArgs,
+    /// LoRA adapter: a PEFT folder or a .safetensors file with PEFT key names.
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
+    /// Output .safetensors: `hidden` [tokens, hidden] (f32) and `ids` [tokens] (i64).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Device: cpu or cuda[:N] (cuda needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Encoder forward for several lengths, arrow vs full attention, MiniLM and a random
+    /// DeBERTa-v3-base-shaped model; each measurement in its own process for a clean peak RSS.
+    Encoder(BenchEncoderArgs),
+    /// One measurement (used by `bench encoder`; prints one JSON line).
+    #[command(hide = true)]
+    EncoderOne(BenchOneArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchEncoderArgs {
+    /// all-MiniLM-L6-v2 folder (default: $SENER_MINILM_DIR); skipped when absent.
+    #[arg(long)]
+    pub minilm: Option<PathBuf>,
+    /// Token lengths.
+    #[arg(long, value_delimiter = ',', default_value = "512,1024,2048,4096,8192,16384")]
+    pub lengths: Vec<usize>,
+    /// Models to run: minilm, deberta-v3-base (random weights), deberta-v3-large (random).
+    #[arg(long, value_delimiter = ',', default_value = "minilm,deberta-v3-base")]
+    pub models: Vec<String>,
+    /// Timed forwards per measurement (after one warm-up).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Skip full attention where its estimated peak exceeds this many GiB.
+    #[arg(long, default_value_t = 12.0)]
+    pub full_budget_gib: f64,
+    /// Arrow window.
+    #[arg(long, default_value_t = 128)]
+    pub window: usize,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchOneArgs {
+    #[arg(long)]
+    pub model: String,
+    #[arg(long)]
+    pub minilm: Option<PathBuf>,
+    #[arg(long)]
+    pub length: usize,
+    /// arrow or full
+    #[arg(long)]
+    pub mode: String,
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    #[arg(long, default_value_t = 128)]
+    pub window: usize,
+}
+
+pub fn parse_device(s: &str) -> Result<candle_core::Device> {
+    match s {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        s if s.starts_with("cuda") => {
+            let n = s.strip_prefix("cuda").and_then(|r| r.strip_prefix(':')).unwrap_or("0");
+            let n: usize = n.parse().with_context(|| format!("--device {s}: bad ordinal"))?;
+            candle_core::Device::new_cuda(n).with_context(|| format!("--device {s}"))
+        }
+        other => bail!("--device {other}: expected cpu or cuda[:N]"),
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Encode(a) => crate::encode::run(crate::encode::EncodeConfig::from_args(a)?),
+        Command::Bench(BenchCommand::Encoder(a)) => crate::bench::run_encoder(a),
+        Command::Bench(BenchCommand::EncoderOne(a)) => crate::bench::run_one(a),
+    }
+}
