@@ -12,7 +12,7 @@ use sener::encoder::{presets, ArrowConfig, Encoder, EncoderKind, EncoderOptions}
 use sener::nn::ForwardCtx;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{BenchEncoderArgs, BenchOneArgs};
+use crate::cli::{BenchEncoderArgs, BenchOneArgs, BenchPositionsArgs};
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct Measurement {
@@ -209,4 +209,59 @@ fn matmul_throughput() -> Result<(f64, f64)> {
         Ok(2.0 * (m * k * n) as f64 * reps as f64 / t0.elapsed().as_secs_f64() / 1e9)
     };
     Ok((time(1024, 1024, 1024)?, time(4096, 768, 3072)?))
+}
+
+/// Mean and minimum cosine similarity of matching rows of two `[n, d]` tensors.
+fn cosines(a: &Tensor, b: &Tensor) -> Result<(f64, f64)> {
+    let dot = (a * b)?.sum(1)?;
+    let na = a.sqr()?.sum(1)?.sqrt()?;
+    let nb = b.sqr()?.sum(1)?.sqrt()?;
+    let c: Vec<f32> = (dot / (na * nb)?)?.to_vec1()?;
+    let mean = c.iter().map(|&x| x as f64).sum::<f64>() / c.len().max(1) as f64;
+    let min = c.iter().fold(f64::INFINITY, |m, &x| m.min(x as f64));
+    Ok((mean, min))
+}
+
+pub fn run_positions(a: BenchPositionsArgs) -> Result<()> {
+    let dir = minilm_dir(&a.minilm).context("no BERT folder: pass --minilm or set SENER_MINILM_DIR")?;
+    let arrow = a.arrow.to_config()?;
+    let opts = EncoderOptions { arrow: arrow.clone(), dtype: DType::F32, device: Device::Cpu };
+    let enc = Encoder::load(&dir, &opts)?;
+    if enc.kind() != EncoderKind::Bert {
+        bail!("{}: positions only matter for BERT-family encoders", dir.display());
+    }
+    let tok = sener::tokenizer::load_tokenizer(&dir)?;
+    let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let ids = sener::tokenizer::encode_with_special(&tok, &text)?;
+    let n = ids.len();
+    if n < 1024 {
+        bail!("{}: {n} tokens; give a text of at least 1024 tokens", a.file.display());
+    }
+    let (cls, sep) = (ids[0], ids[n - 1]);
+    let run = |v: &[u32]| -> Result<Tensor> {
+        let x = Tensor::from_vec(v.to_vec(), (1, v.len()), &Device::Cpu)?;
+        Ok(enc.forward(&x, &x.ones_like()?, &mut ForwardCtx::eval())?.squeeze(0)?)
+    };
+    let long = run(&ids)?;
+    println!("{}: {n} tokens, window {}, LogN {}", a.file.display(), arrow.window, arrow.logn);
+    println!();
+    println!("| block | tokens | positions in the long pass | mean cos(long, window) | min cos |");
+    println!("|---:|---|---|---:|---:|");
+    let body = n - 2;
+    let per = 510;
+    for m in 0..body.div_ceil(per) {
+        let start = 1 + m * per;
+        let len = per.min(n - 1 - start);
+        if len < 16 {
+            break;
+        }
+        let mut w = vec![cls];
+        w.extend_from_slice(&ids[start..start + len]);
+        w.push(sep);
+        let win = run(&w)?.narrow(0, 1, len)?;
+        let (mean, min) = cosines(&long.narrow(0, start, len)?, &win)?;
+        let pos = sener::encoder::block::extended_position_ids(start + len, 512);
+        println!("| {m} | {start}..{} | {}..{} | {mean:.4} | {min:.4} |", start + len, pos[start], pos[start + len - 1]);
+    }
+    Ok(())
 }

@@ -80,6 +80,9 @@ pub enum BenchCommand {
     /// Encoder forward for several lengths, arrow vs full attention, MiniLM and a random
     /// DeBERTa-v3-base-shaped model; each measurement in its own process for a clean peak RSS.
     Encoder(BenchEncoderArgs),
+    /// What BERT's block-wise repeated positions cost: hidden states of a long pass against
+    /// 510-token windows with natural positions, per block of the document.
+    Positions(BenchPositionsArgs),
     /// One measurement (used by `bench encoder`; prints one JSON line).
     #[command(hide = true)]
     EncoderOne(BenchOneArgs),
@@ -127,6 +130,18 @@ pub struct BenchOneArgs {
     pub window: usize,
 }
 
+#[derive(Args, Debug)]
+pub struct BenchPositionsArgs {
+    /// BERT-family model folder (default: $SENER_MINILM_DIR).
+    #[arg(long)]
+    pub minilm: Option<PathBuf>,
+    /// UTF-8 text file, longer than 512 tokens.
+    #[arg(long)]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub arrow: ArrowArgs,
+}
+
 pub fn parse_device(s: &str) -> Result<candle_core::Device> {
     match s {
         "cpu" => Ok(candle_core::Device::Cpu),
@@ -144,5 +159,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Encode(a) => crate::encode::run(crate::encode::EncodeConfig::from_args(a)?),
         Command::Bench(BenchCommand::Encoder(a)) => crate::bench::run_encoder(a),
         Command::Bench(BenchCommand::EncoderOne(a)) => crate::bench::run_one(a),
+        Command::Bench(BenchCommand::Positions(a)) => crate::bench::run_positions(a),
     }
 }
