@@ -18,6 +18,12 @@ pub enum Command {
     /// Encode one text with an encoder checkpoint and write its last hidden states
     /// (contextual embeddings of a whole long document).
     Encode(EncodeArgs),
+    /// Convert annotated documents between formats (sener, scirex, conll[-bioes], gliner, brat,
+    /// text, jsonl → jsonl[-bytes], conll[-bioes], brat, sener).
+    Convert(ConvertArgs),
+    /// Corpus statistics: documents, words, subwords, entities per type, entity lengths, entities
+    /// the span window cannot hold or that cross a segment boundary.
+    Stats(StatsArgs),
     /// Benchmarks: time, tokens/s and peak RSS.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -73,6 +79,42 @@ pub struct EncodeArgs {
     /// Device: cpu or cuda[:N] (cuda needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// Input format: sener, scirex, conll, conll-bioes, gliner, brat (a folder), text, text-lines, jsonl.
+    #[arg(long)]
+    pub from: String,
+    /// Output format: jsonl, jsonl-bytes, conll, conll-bioes, brat (a folder), sener.
+    #[arg(long)]
+    pub to: String,
+    /// Input file ('-' = standard input).
+    pub input: PathBuf,
+    /// Output file (folder for brat).
+    pub output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// Input format (as for convert).
+    #[arg(long, default_value = "sener")]
+    pub format: String,
+    /// Input files ('-' = standard input).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Model folder (tokenizer.json or spm.model): adds subword and segment counts.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Segment length in tokens, [CLS]/[SEP] included.
+    #[arg(long, default_value_t = 5120)]
+    pub max_len: usize,
+    /// One-sided span window in words (spans up to window+1 words can be predicted).
+    #[arg(long, default_value_t = 128)]
+    pub span_window: usize,
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -157,6 +199,8 @@ pub fn parse_device(s: &str) -> Result<candle_core::Device> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Encode(a) => crate::encode::run(crate::encode::EncodeConfig::from_args(a)?),
+        Command::Convert(a) => crate::data_cmds::convert(a),
+        Command::Stats(a) => crate::data_cmds::stats(a),
         Command::Bench(BenchCommand::Encoder(a)) => crate::bench::run_encoder(a),
         Command::Bench(BenchCommand::EncoderOne(a)) => crate::bench::run_one(a),
         Command::Bench(BenchCommand::Positions(a)) => crate::bench::run_positions(a),

@@ -2,6 +2,7 @@
 
 mod bench;
 mod cli;
+mod data_cmds;
 mod encode;
 
 use std::process::ExitCode;

@@ -68,3 +68,69 @@ fn encode_reports_clear_errors() {
     let o = sener(&["encode", "--model", m, "--ids", "1,2", "--window", "0", "--output", "/tmp/x.safetensors"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("--window"));
 }
+
+fn data(rel: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(rel);
+    if p.is_file() {
+        Some(p)
+    } else {
+        eprintln!("SKIPPED: {} not found (the shared data folder sits beside the checkout)", p.display());
+        None
+    }
+}
+
+#[test]
+fn stats_counts_the_shared_scholar_xl_test_split() {
+    let Some(test) = data("scholar-xl/test.jsonl") else { return };
+    let o = sener(&["stats", "--json", test.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["documents"], 350);
+    assert_eq!(v["entities"], 3877);
+    assert_eq!(v["max_words"], 624);
+    // Spec §6: 23 test entities are longer than 129 words.
+    assert_eq!(v["longer_than_span_window"], 23);
+    assert_eq!(v["per_label"]["research_interests"], 772);
+}
+
+#[test]
+fn convert_round_trips_and_reports_what_conll_cannot_hold() {
+    let Some(dev) = data("scholar-xl/dev.jsonl") else { return };
+    let dir = std::env::temp_dir().join(format!("sener-convert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let own = dir.join("dev.jsonl");
+    let back = dir.join("dev.sener.jsonl");
+    let o = sener(&["convert", "--from", "sener", "--to", "jsonl", dev.to_str().unwrap(), own.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = sener(&["convert", "--from", "jsonl", "--to", "sener", own.to_str().unwrap(), back.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Same documents and entities as the original (entity order aside).
+    let parse = |p: &Path| -> Vec<(String, Vec<String>, Vec<String>)> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let words = v["text"].as_array().unwrap().iter().map(|w| w.as_str().unwrap().to_string()).collect();
+                let mut ents: Vec<String> = v["entity"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| format!("{}-{}-{}", e[0], e[1], e[3]))
+                    .collect();
+                ents.sort();
+                (v["doc_id"].as_str().unwrap().to_string(), words, ents)
+            })
+            .collect()
+    };
+    assert_eq!(parse(&dev), parse(&back));
+    // CoNLL is flat: the nested entities it cannot hold are counted on stderr.
+    let o = sener(&["convert", "--from", "sener", "--to", "conll", dev.to_str().unwrap(), dir.join("dev.conll").to_str().unwrap()]);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("nested or overlapping entity dropped"), "{err}");
+    // Unknown formats are named.
+    let o = sener(&["convert", "--from", "xml", "--to", "jsonl", dev.to_str().unwrap(), "/tmp/x"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("xml"));
+    std::fs::remove_dir_all(dir).ok();
+}

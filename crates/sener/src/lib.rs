@@ -18,6 +18,9 @@
 //! # Ok(()) }
 //! ```
 
+/// The data layer (documents, readers/writers, tokenizer alignment, segmentation), re-exported.
+pub use sener_data as data;
+
 pub mod encoder;
 pub mod error;
 pub mod mem;
