@@ -21,10 +21,13 @@
 /// The data layer (documents, readers/writers, tokenizer alignment, segmentation), re-exported.
 pub use sener_data as data;
 
+pub mod decode;
 pub mod encoder;
 pub mod error;
 pub mod mem;
+pub mod metric;
 pub mod nn;
+pub mod span;
 pub mod tokenizer;
 pub mod weights;
 

@@ -1,0 +1,219 @@
+//! The BiSPA block (`CrossTransformer` of the official code, from UTC-IE), spec §5, on the band:
+//!
+//! ```text
+//! x  ← clamp(x, ±1000) + E_tri[k ≥ w]
+//! Zh = Attn(x, h_qkv)        horizontal: row i, its K cells       (pairs (i, j))
+//! Zv = Attn(vᵀ(x), v_qkv)    vertical: column i of the L×L matrix (pairs (j, i))
+//! Y  = LN₁(x + D),  D = Dropout(dense([Zh ; Zv])), D = 0 on rows with no valid cell
+//! out = LN₂(Y + Dropout(Conv₂(GELU(Conv₁(Y ⊙ ¬M)) ⊙ ¬M)))
+//! ```
+//! Attn: single head, `[q,k,v] = clamp(X W + b, ±1e4)`, RoPE over the band column, scores
+//! `clamp(q kᵀ/√c, ±1e4) − 1e4·M_key`, softmax, invalid keys zeroed, dropout.
+//!
+//! Quirk kept on purpose (spec §5, §12.2): **Zv is not transformed back** before the
+//! concatenation, so cell (i, k) concatenates Zh of pair (i, i+k−w) with Zv of pair (i+k−w, i).
+//! The official weights only work with it.
+//!
+//! Deliberate deviations (same numbers on every valid cell): the 3×3 convolutions are nine
+//! shifted `[n·K, c] × [c, c]` matmuls instead of an im2col conv (O(n·K·c) memory); the row
+//! attention runs in row chunks so that the `[rows, K, K]` score tensor stays bounded.
+
+use candle_core::{Tensor, Var};
+use candle_nn::VarBuilder;
+
+use super::band::Band;
+use super::biaffine::TrainLinear;
+use crate::nn::{ForwardCtx, LayerNorm};
+use crate::Result;
+
+/// Rows of the band whose K×K attention scores are materialised at once.
+const ROW_CHUNK: usize = 256;
+
+/// RoFormer sinusoidal rotary table for positions 0..len, dim c: (sin, cos) each `[len, c]`
+/// with every frequency repeated for its interleaved pair.
+pub fn rope_tables(len: usize, c: usize, dtype: candle_core::DType, dev: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+    let mut sin = Vec::with_capacity(len * c);
+    let mut cos = Vec::with_capacity(len * c);
+    for p in 0..len {
+        for k in 0..c / 2 {
+            let theta = 10000f64.powf(-2.0 * k as f64 / c as f64);
+            let a = p as f64 * theta;
+            // RoFormerSinusoidalPositionalEmbedding computes the table in f64 (numpy), then f32.
+            let (s, co) = (a.sin() as f32, a.cos() as f32);
+            sin.extend([s, s]);
+            cos.extend([co, co]);
+        }
+    }
+    Ok((
+        Tensor::from_vec(sin, (len, c), dev)?.to_dtype(dtype)?,
+        Tensor::from_vec(cos, (len, c), dev)?.to_dtype(dtype)?,
+    ))
+}
+
+/// `x·cos + rotate_half(x)·sin` with interleaved pairs: out[2k] = x[2k]cos − x[2k+1]sin,
+/// out[2k+1] = x[2k+1]cos + x[2k]sin. `x`: `[..., K, c]`, tables `[K, c]`.
+fn apply_rope(x: &Tensor, sin: &Tensor, cos: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let c = dims[dims.len() - 1];
+    let pairs = x.reshape(((), c / 2, 2))?;
+    let even = pairs.narrow(2, 0, 1)?;
+    let odd = pairs.narrow(2, 1, 1)?;
+    let rot = Tensor::cat(&[&odd.neg()?, &even], 2)?.reshape(dims.as_slice())?;
+    Ok((x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?)?)
+}
+
+/// One BiSPA block.
+#[derive(Debug)]
+pub struct BiSpaBlock {
+    prefix: String,
+    pos_embed: Var,
+    h_qkv: TrainLinear,
+    v_qkv: TrainLinear,
+    dense: TrainLinear,
+    ln1: (Var, Var),
+    ln2: (Var, Var),
+    conv1: Var,
+    conv2: Var,
+    dropout: f32,
+    c: usize,
+}
+
+impl BiSpaBlock {
+    /// `vb` at `cross_layers.{i}`; names as in the official checkpoint.
+    pub fn load(vb: &VarBuilder, prefix: &str, c: usize, dropout: f32) -> Result<Self> {
+        let v = |shape: &[usize], name: &str| -> Result<Var> { Ok(Var::from_tensor(&vb.get(shape, name)?)?) };
+        Ok(Self {
+            prefix: prefix.to_string(),
+            pos_embed: v(&[2, c], "pos_embed.weight")?,
+            h_qkv: TrainLinear::load(vb, "h_qkv", c, 3 * c, true)?,
+            v_qkv: TrainLinear::load(vb, "v_qkv", c, 3 * c, true)?,
+            dense: TrainLinear::load(vb, "dense", 2 * c, c, true)?,
+            ln1: (v(&[c], "LayerNorm.weight")?, v(&[c], "LayerNorm.bias")?),
+            ln2: (v(&[c], "LayerNorm2.weight")?, v(&[c], "LayerNorm2.bias")?),
+            conv1: v(&[c, c, 3, 3], "conv1.conv2d.weight")?,
+            conv2: v(&[c, c, 3, 3], "conv2.conv2d.weight")?,
+            dropout,
+            c,
+        })
+    }
+
+    pub fn params(&self) -> Vec<(String, Var)> {
+        let p = &self.prefix;
+        let mut v = vec![(format!("{p}.pos_embed.weight"), self.pos_embed.clone())];
+        for l in [&self.h_qkv, &self.v_qkv, &self.dense] {
+            v.extend(l.params().into_iter().map(|(n, t)| (format!("{p}.{n}"), t)));
+        }
+        v.push((format!("{p}.LayerNorm.weight"), self.ln1.0.clone()));
+        v.push((format!("{p}.LayerNorm.bias"), self.ln1.1.clone()));
+        v.push((format!("{p}.LayerNorm2.weight"), self.ln2.0.clone()));
+        v.push((format!("{p}.LayerNorm2.bias"), self.ln2.1.clone()));
+        v.push((format!("{p}.conv1.conv2d.weight"), self.conv1.clone()));
+        v.push((format!("{p}.conv2.conv2d.weight"), self.conv2.clone()));
+        v
+    }
+
+    /// `x`: band `[B, n, K, c]`; `valid`: `[B, n, K]` (1 = real pair); `rope`: (sin, cos) `[K, c]`.
+    pub fn forward(&self, x: &Tensor, band: Band, valid: &Tensor, rope: &(Tensor, Tensor), ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let kk = x.dim(2)?;
+        let dev = x.device();
+        let tri: Vec<u32> = (0..kk).map(|k| (k >= band.w) as u32).collect();
+        let tri = self.pos_embed.as_tensor().index_select(&Tensor::from_vec(tri, kk, dev)?, 0)?; // [K, c]
+        let x = x.clamp(-1000f32, 1000f32)?.broadcast_add(&tri)?;
+        let valid4 = valid.unsqueeze(3)?;
+        let zh = self.attention(&x, &self.h_qkv, valid, rope, ctx)?;
+        let zv = self.attention(&band.vertical(&x)?, &self.v_qkv, valid, rope, ctx)?;
+        let d = self.dense.forward(&Tensor::cat(&[&zh, &zv], 3)?)?;
+        let d = ctx.dropout(&d, self.dropout)?;
+        let row_has_valid = valid.max_keepdim(2)?.unsqueeze(3)?; // [B, n, 1, 1]
+        let d = d.broadcast_mul(&row_has_valid)?;
+        let ln1 = LayerNorm { weight: self.ln1.0.as_tensor().clone(), bias: self.ln1.1.as_tensor().clone(), eps: 1e-5 };
+        let y = ln1.forward(&(x + d)?, ctx)?;
+        let h = conv3x3(&y.broadcast_mul(&valid4)?, self.conv1.as_tensor())?.gelu_erf()?;
+        let h = conv3x3(&h.broadcast_mul(&valid4)?, self.conv2.as_tensor())?;
+        let h = ctx.dropout(&h, self.dropout)?;
+        let ln2 = LayerNorm { weight: self.ln2.0.as_tensor().clone(), bias: self.ln2.1.as_tensor().clone(), eps: 1e-5 };
+        ln2.forward(&(y + h)?, ctx)
+    }
+
+    /// Single-head attention of every band row over its K cells.
+    fn attention(&self, x: &Tensor, qkv: &TrainLinear, valid: &Tensor, rope: &(Tensor, Tensor), ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let (_, n, _, c) = x.dims4()?;
+        let scale = 1.0 / (c as f64).sqrt();
+        let mut outs = Vec::new();
+        let mut start = 0;
+        while start < n {
+            let rows = ROW_CHUNK.min(n - start);
+            let xc = x.narrow(1, start, rows)?;
+            let vc = valid.narrow(1, start, rows)?.unsqueeze(2)?; // [B, rows, 1, K]
+            let p = qkv.forward(&xc)?.clamp(-1e4f32, 1e4f32)?;
+            let q = apply_rope(&p.narrow(3, 0, c)?, &rope.0, &rope.1)?;
+            let k = apply_rope(&p.narrow(3, c, c)?, &rope.0, &rope.1)?;
+            let v = p.narrow(3, 2 * c, c)?.contiguous()?;
+            let s = (q.matmul(&k.t()?)? * scale)?.clamp(-1e4f32, 1e4f32)?;
+            let s = s.broadcast_add(&((&vc - 1.0)? * 1e4)?)?; // −1e4 on invalid keys
+            let a = ctx.softmax_last(&s)?.broadcast_mul(&vc)?;
+            let a = ctx.dropout(&a, self.dropout)?;
+            outs.push(a.matmul(&v)?);
+            start += rows;
+        }
+        Ok(if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 1)? })
+    }
+
+    pub fn c(&self) -> usize {
+        self.c
+    }
+}
+
+/// 3×3 convolution, padding 1, no bias, over the (n, K) grid of a `[B, n, K, c]` tensor, with a
+/// torch-layout weight `[out, in, 3, 3]` (cross-correlation): nine shifted matmuls.
+pub fn conv3x3(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let (_, n, kk, _) = x.dims4()?;
+    let xp = x.pad_with_zeros(1, 1, 1)?.pad_with_zeros(2, 1, 1)?;
+    let mut acc: Option<Tensor> = None;
+    for dy in 0..3 {
+        for dx in 0..3 {
+            let w = weight.narrow(2, dy, 1)?.narrow(3, dx, 1)?.squeeze(3)?.squeeze(2)?; // [out, in]
+            let shifted = xp.narrow(1, dy, n)?.narrow(2, dx, kk)?;
+            let y = crate::encoder::lora::linear(&shifted.contiguous()?, &w)?;
+            acc = Some(match acc {
+                None => y,
+                Some(a) => (a + y)?,
+            });
+        }
+    }
+    acc.ok_or_else(|| crate::Error::Input("empty convolution".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn conv3x3_matches_candle_conv2d() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 7, 5, 4), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (3, 4, 3, 3), &dev).unwrap();
+        let ours = conv3x3(&x, &w).unwrap();
+        let reference = x.permute((0, 3, 1, 2)).unwrap().contiguous().unwrap().conv2d(&w, 1, 1, 1, 1).unwrap().permute((0, 2, 3, 1)).unwrap();
+        let d = (ours - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-4, "{d}");
+    }
+
+    #[test]
+    fn rope_rotates_interleaved_pairs() {
+        let dev = Device::Cpu;
+        let (sin, cos) = rope_tables(3, 4, DType::F32, &dev).unwrap();
+        let x = Tensor::new(&[[1f32, 2., 3., 4.], [1., 2., 3., 4.], [1., 2., 3., 4.]], &dev).unwrap();
+        let y: Vec<Vec<f32>> = apply_rope(&x, &sin, &cos).unwrap().to_vec2().unwrap();
+        for p in 0..3 {
+            for k in 0..2 {
+                let th = p as f64 * 10000f64.powf(-2.0 * k as f64 / 4.0);
+                let (a, b) = ((2 * k + 1) as f64, (2 * k + 2) as f64);
+                let want0 = a * th.cos() - b * th.sin();
+                let want1 = b * th.cos() + a * th.sin();
+                assert!((y[p][2 * k] as f64 - want0).abs() < 1e-5 && (y[p][2 * k + 1] as f64 - want1).abs() < 1e-5);
+            }
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Training labels on the band and the loss (spec §6).
+//!
+//! Each gold entity (s, e, t) with inclusive end e and e − s ≤ w marks two cells: the upper
+//! (s, e) at `[s, w + (e−s), t]` and the lower (e, s) at `[e, w − (e−s), t]` (one cell for a
+//! one-word entity). Longer entities get no cell: they are counted and reported, never silently
+//! lost. The loss is BCE-with-logits over every valid cell and type, summed per segment and
+//! averaged over the batch; no class weighting.
+
+use candle_core::{Device, Tensor};
+
+use super::band::Band;
+use crate::{Error, Result};
+
+/// A gold span of one segment: word indices, inclusive end, label index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoldSpan {
+    pub start: usize,
+    pub end: usize,
+    pub label: usize,
+}
+
+/// Labels `[B, n, K, R]` (0/1) for a batch, and how many entities could not be labelled.
+pub struct BandLabels {
+    pub labels: Tensor,
+    /// Entities longer than w + 1 words (no cell; they count as misses at evaluation).
+    pub too_long: usize,
+}
+
+/// Builds the label tensor. `gold[b]`: spans of row b; `lens[b]`: its word count.
+pub fn band_labels(gold: &[Vec<GoldSpan>], lens: &[usize], n: usize, band: Band, r: usize, dev: &Device) -> Result<BandLabels> {
+    let kk = band.k();
+    let w = band.w;
+    let mut y = vec![0f32; gold.len() * n * kk * r];
+    let mut too_long = 0;
+    for (b, spans) in gold.iter().enumerate() {
+        let len = *lens.get(b).ok_or_else(|| Error::Input("fewer lengths than label rows".into()))?;
+        for g in spans {
+            if g.start > g.end || g.end >= len || g.label >= r {
+                return Err(Error::Input(format!(
+                    "gold span ({}, {}, label {}) does not fit row {b} ({len} words, {r} labels)",
+                    g.start, g.end, g.label
+                )));
+            }
+            let d = g.end - g.start;
+            if d > w {
+                too_long += 1;
+                continue;
+            }
+            y[((b * n + g.start) * kk + w + d) * r + g.label] = 1.0;
+            y[((b * n + g.end) * kk + w - d) * r + g.label] = 1.0;
+        }
+    }
+    Ok(BandLabels { labels: Tensor::from_vec(y, (gold.len(), n, kk, r), dev)?, too_long })
+}
+
+/// Σ over valid cells and types of BCE-with-logits, per segment, averaged over the batch:
+/// `max(x, 0) − x·y + log(1 + e^{−|x|})`.
+pub fn bce_loss(logits: &Tensor, labels: &Tensor, valid: &Tensor) -> Result<Tensor> {
+    let b = logits.dim(0)? as f64;
+    let labels = labels.to_dtype(logits.dtype())?;
+    let l = ((logits.relu()? - (logits * &labels)?)? + logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?;
+    let l = l.broadcast_mul(&valid.unsqueeze(3)?)?;
+    Ok((l.sum_all()? / b)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_mark_both_triangles_and_count_long_entities() {
+        let band = Band::new(2);
+        let gold = vec![vec![
+            GoldSpan { start: 1, end: 3, label: 1 },
+            GoldSpan { start: 4, end: 4, label: 0 },
+            GoldSpan { start: 0, end: 4, label: 0 }, // 5 words > w + 1 = 3
+        ]];
+        let bl = band_labels(&gold, &[5], 6, band, 2, &Device::Cpu).unwrap();
+        assert_eq!(bl.too_long, 1);
+        let y: Vec<f32> = bl.labels.flatten_all().unwrap().to_vec1().unwrap();
+        let at = |i: usize, k: usize, t: usize| y[(i * 5 + k) * 2 + t];
+        assert_eq!(at(1, 4, 1), 1.0); // (1,3): row 1, k = w + 2
+        assert_eq!(at(3, 0, 1), 1.0); // (3,1): row 3, k = w − 2
+        assert_eq!(at(4, 2, 0), 1.0); // (4,4): diagonal
+        assert_eq!(y.iter().sum::<f32>(), 3.0);
+        assert!(band_labels(&[vec![GoldSpan { start: 2, end: 5, label: 0 }]], &[5], 6, band, 2, &Device::Cpu).is_err());
+    }
+
+    #[test]
+    fn bce_matches_hand_computed_values() {
+        let logits = Tensor::new(&[[[[0.0f32, 2.0]], [[-1.0, 3.0]]]], &Device::Cpu).unwrap(); // [1,2,1,2]
+        let labels = Tensor::new(&[[[[1.0f32, 0.0]], [[1.0, 1.0]]]], &Device::Cpu).unwrap();
+        let valid = Tensor::new(&[[[1.0f32], [0.0]]], &Device::Cpu).unwrap(); // second row invalid
+        let l = bce_loss(&logits, &labels, &valid).unwrap().to_scalar::<f32>().unwrap();
+        let want = (2f64).ln() + (1.0 + 2f64.exp()).ln(); // −log σ(0) − log(1 − σ(2))
+        assert!((l as f64 - want).abs() < 1e-5, "{l} vs {want}");
+    }
+}

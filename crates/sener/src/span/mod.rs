@@ -1,0 +1,213 @@
+//! The span side of SeNER (spec §4–§6): word vectors → banded biaffine → BiSPA blocks → head.
+//!
+//! A document's path: [`pooling`] turns subword states into word vectors, [`biaffine`] scores
+//! every band cell (pair (i, i+k−w), see [`band`]), [`bispa`] refines the band N times, and the
+//! head `Linear(c → R)` on `S″ + S` gives one sigmoid logit per cell and type. [`loss`] builds
+//! labels and the BCE loss; `crate::decode` turns logits into spans.
+
+pub mod band;
+pub mod biaffine;
+pub mod bispa;
+pub mod loss;
+pub mod pooling;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarBuilder;
+
+use band::Band;
+use biaffine::{Biaffine, TrainLinear};
+use bispa::{rope_tables, BiSpaBlock};
+
+use crate::nn::ForwardCtx;
+use crate::{Error, Result};
+
+/// Hyper-parameters of the span side (paper defaults).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct SpanConfig {
+    /// One-sided span window w′ in words (spans of up to w′ + 1 words).
+    pub window: usize,
+    /// Biaffine MLP size.
+    pub biaffine_size: usize,
+    /// Band feature width c (`cnn_dim`).
+    pub cnn_dim: usize,
+    /// Number of BiSPA blocks (`cnn_depth`).
+    pub cnn_depth: usize,
+    /// Dropout on the biaffine inputs.
+    pub biaffine_dropout: f32,
+    /// Dropout inside the BiSPA blocks.
+    pub bispa_dropout: f32,
+}
+
+impl Default for SpanConfig {
+    fn default() -> Self {
+        Self { window: 128, biaffine_size: 100, cnn_dim: 32, cnn_depth: 2, biaffine_dropout: 0.4, bispa_dropout: 0.2 }
+    }
+}
+
+impl SpanConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.window == 0 || self.cnn_dim == 0 || self.cnn_dim % 2 != 0 || self.biaffine_size == 0 {
+            return Err(Error::Input(format!(
+                "span config: window ({}) and biaffine_size ({}) must be ≥ 1, cnn_dim ({}) even and ≥ 2",
+                self.window, self.biaffine_size, self.cnn_dim
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Biaffine + BiSPA blocks + head.
+#[derive(Debug)]
+pub struct SpanModel {
+    pub config: SpanConfig,
+    pub labels: usize,
+    biaffine: Biaffine,
+    blocks: Vec<BiSpaBlock>,
+    down_fc: TrainLinear,
+}
+
+/// What the span side returns for a batch.
+pub struct SpanOutput {
+    /// `[B, n, K, R]` logits (invalid cells: 0 here; see [`SpanModel::inference_logits`]).
+    pub logits: Tensor,
+    /// `[B, n, K]` band validity (1 = real pair).
+    pub valid: Tensor,
+}
+
+impl SpanModel {
+    /// Loads (or, with an initialising `vb`, creates) the span side; names as in the official
+    /// checkpoint without its `base_model.model.` prefix.
+    pub fn load(vb: &VarBuilder, config: SpanConfig, hidden: usize, labels: usize) -> Result<Self> {
+        config.validate()?;
+        let c = config.cnn_dim;
+        let blocks = (0..config.cnn_depth)
+            .map(|i| {
+                let prefix = format!("cross_layers.{i}");
+                BiSpaBlock::load(&vb.pp(&prefix), &prefix, c, config.bispa_dropout)
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            biaffine: Biaffine::load(vb, hidden, config.biaffine_size, c, config.biaffine_dropout)?,
+            blocks,
+            down_fc: TrainLinear::load(vb, "down_fc", c, labels, true)?,
+            labels,
+            config,
+        })
+    }
+
+    /// A freshly initialised span side (the official initialisers, see [`SpanInit`]).
+    pub fn init(config: SpanConfig, hidden: usize, labels: usize, seed: u64, dtype: DType, dev: &Device) -> Result<Self> {
+        let vb = VarBuilder::from_backend(Box::new(SpanInit { seed, hidden, c: config.cnn_dim }), dtype, dev.clone());
+        Self::load(&vb, config, hidden, labels)
+    }
+
+    pub fn band(&self) -> Band {
+        Band::new(self.config.window)
+    }
+
+    /// Every trainable tensor with its checkpoint name.
+    pub fn params(&self) -> Vec<(String, Var)> {
+        let mut v = self.biaffine.params();
+        for b in &self.blocks {
+            v.extend(b.params());
+        }
+        v.extend(self.down_fc.params());
+        v
+    }
+
+    /// `words`: `[B, n, hidden]` word vectors; `lens`: real word count of each row.
+    pub fn forward(&self, words: &Tensor, lens: &[usize], ctx: &mut ForwardCtx) -> Result<SpanOutput> {
+        let (b, n, _) = words.dims3()?;
+        if lens.len() != b || lens.iter().any(|&l| l > n) {
+            return Err(Error::Input(format!("word lengths {lens:?} do not fit a batch of {b} rows of {n} words")));
+        }
+        let band = self.band();
+        let valid = band.mask(lens, n, words.dtype(), words.device())?;
+        let s = self.biaffine.forward(words, band, &valid, ctx)?;
+        let rope = rope_tables(band.k(), self.config.cnn_dim, words.dtype(), words.device())?;
+        let mut x = s.clone();
+        for blk in &self.blocks {
+            x = blk.forward(&x, band, &valid, &rope, ctx)?;
+        }
+        let logits = self.down_fc.forward(&(x + s)?)?;
+        // Non-finite logits → 0 (official: logits[~isfinite] = 0); NaN < ∞ is false too.
+        let finite = logits.abs()?.lt(f64::INFINITY)?;
+        let logits = finite.where_cond(&logits, &logits.zeros_like()?)?;
+        Ok(SpanOutput { logits, valid })
+    }
+
+    /// The official inference logits: invalid cells set to −1e-6.
+    pub fn inference_logits(out: &SpanOutput) -> Result<Tensor> {
+        let v = out.valid.unsqueeze(3)?;
+        let fill = ((&v - 1.0)? * 1e-6)?; // −1e-6 where invalid, 0 where valid
+        Ok(out.logits.broadcast_mul(&v)?.broadcast_add(&fill)?)
+    }
+}
+
+/// Initialisers of the official model for a fresh span side: `U`, `W` xavier-normal; linear and
+/// conv weights and biases kaiming-uniform as torch's defaults (bound 1/√fan_in); `pos_embed`
+/// N(0, 1); LayerNorms 1/0. Seeded, one stream per tensor name.
+pub struct SpanInit {
+    pub seed: u64,
+    /// Encoder hidden size (fan-in of the biaffine MLPs).
+    pub hidden: usize,
+    /// Band width c.
+    pub c: usize,
+}
+
+impl candle_nn::var_builder::SimpleBackend for SpanInit {
+    fn get(&self, s: candle_core::Shape, name: &str, _h: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        use rand::{Rng, SeedableRng};
+        use rand_distr::Distribution;
+        let h = name.bytes().fold(self.seed ^ 0x9e37_79b9_7f4a_7c15, |a, b| (a ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(h);
+        let dims = s.dims().to_vec();
+        let n = s.elem_count();
+        let last = name.rsplit('.').next().unwrap_or(name);
+        let is_ln = name.contains("LayerNorm");
+        let fan_in = |d: &[usize]| d.iter().skip(1).product::<usize>().max(1) as f64;
+        let v: Vec<f32> = if is_ln && last == "weight" {
+            vec![1.0; n]
+        } else if is_ln {
+            vec![0.0; n]
+        } else if name == "U" || name == "W" {
+            let receptive: usize = dims.iter().skip(2).product::<usize>().max(1);
+            let (fi, fo) = ((dims[1] * receptive) as f64, (dims[0] * receptive) as f64);
+            let std = (2.0 / (fi + fo)).sqrt() as f32;
+            let normal = rand_distr::Normal::new(0.0, std).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            (0..n).map(|_| normal.sample(&mut rng)).collect()
+        } else if name.ends_with("pos_embed.weight") {
+            let normal = rand_distr::Normal::new(0.0f32, 1.0).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            (0..n).map(|_| normal.sample(&mut rng)).collect()
+        } else {
+            // weight [out, in, ...]: fan_in = in·∏kernel; a bias uses its layer's fan_in.
+            let fi = if last == "bias" { self.bias_fan_in(name) } else { fan_in(&dims) };
+            let bound = (1.0 / fi.sqrt()) as f32;
+            (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+        };
+        Tensor::from_vec(v, s, dev)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+        Err(candle_core::Error::Msg(format!("span init needs a shape for `{name}`")))
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+impl SpanInit {
+    /// Input width of the linear layer a bias belongs to (torch draws biases from ±1/√fan_in).
+    fn bias_fan_in(&self, name: &str) -> f64 {
+        let f = if name.starts_with("head_mlp") || name.starts_with("tail_mlp") {
+            self.hidden
+        } else if name.contains(".dense.") {
+            2 * self.c
+        } else {
+            self.c // h_qkv, v_qkv, down_fc
+        };
+        f as f64
+    }
+}
