@@ -343,6 +343,22 @@ def official_checkpoint(span_P):
     print(f"official_tiny.pth: {len(sd)} tensors")
 
 
+def tiny_tokenizer():
+    """deberta_v3_tiny_tok/: config.json of deberta_v3_tiny plus a word-level tokenizer.json over its
+    97 ids ([PAD] 0, [CLS] 1, [SEP] 2, [UNK] 3, then words), the base folder for import tests."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    words = ["[PAD]", "[CLS]", "[SEP]", "[UNK]"] + [f"w{i}" for i in range(4, 97)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
+    d = os.path.join(OUT, "deberta_v3_tiny_tok")
+    os.makedirs(d, exist_ok=True)
+    tok.save(os.path.join(d, "tokenizer.json"))
+    import shutil
+    shutil.copy(os.path.join(OUT, "deberta_v3_tiny", "config.json"), os.path.join(d, "config.json"))
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--minilm", help="folder of the real all-MiniLM-L6-v2 checkpoint")
@@ -354,5 +370,6 @@ if __name__ == "__main__":
     P = span_tiny()
     # the official checkpoint needs a span side whose biaffine reads deberta_v3_tiny's width (32)
     official_checkpoint(span_params(32, 10, 8, 2, 5, seed=33))
+    tiny_tokenizer()
     if a.minilm:
         minilm(a.minilm)

@@ -18,6 +18,11 @@ pub enum Command {
     /// Encode one text with an encoder checkpoint and write its last hidden states
     /// (contextual embeddings of a whole long document).
     Encode(EncodeArgs),
+    /// Turn a released SeNER checkpoint (.pth, official key layout) into a sener model folder.
+    ImportOfficial(ImportOfficialArgs),
+    /// Band logits (and decoded spans) of SeNER JSON-lines documents, computed as the official
+    /// code does: each word tokenized alone, [CLS] + ids + [SEP], one document per batch.
+    Score(ScoreArgs),
     /// Convert annotated documents between formats (sener, scirex, conll[-bioes], gliner, brat,
     /// text, jsonl → jsonl[-bytes], conll[-bioes], brat, sener).
     Convert(ConvertArgs),
@@ -77,6 +82,59 @@ pub struct EncodeArgs {
     #[arg(long)]
     pub output: PathBuf,
     /// Device: cpu or cuda[:N] (cuda needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("label_set").required(true).args(["task", "labels"])))]
+pub struct ImportOfficialArgs {
+    /// The checkpoint (`torch.save` of the official model's state dict).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Hugging Face folder of the encoder it was trained from (config.json, tokenizer).
+    #[arg(long)]
+    pub base: PathBuf,
+    /// Label preset: scholar-xl, scirex, profiling-07.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Labels in logit order, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Option<Vec<String>>,
+    #[arg(long, default_value_t = 128)]
+    pub chunks_size: usize,
+    #[arg(long, default_value_t = 100)]
+    pub biaffine_size: usize,
+    #[arg(long, default_value_t = 32)]
+    pub cnn_dim: usize,
+    #[arg(long, default_value_t = 2)]
+    pub cnn_depth: usize,
+    /// LoRA alpha of the checkpoint (the official recipe: 16).
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f64,
+    /// Output model folder.
+    #[arg(long)]
+    pub output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// sener model folder (sener.json, span.safetensors, adapter/).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// SeNER JSON lines (`text` word list, `entity`).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output .safetensors: `logits.<line>` [words, 2w+1, labels] per document (`logits.<line>.<k>`
+    /// for its k-th further segment when it is longer than the maximum length).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Also write decoded entities per document as `[start, end_exclusive, label]` word spans.
+    #[arg(long)]
+    pub decoded: Option<PathBuf>,
+    /// Segment length in tokens (default: the model's, 5120).
+    #[arg(long)]
+    pub max_len: Option<usize>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -199,6 +257,8 @@ pub fn parse_device(s: &str) -> Result<candle_core::Device> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Encode(a) => crate::encode::run(crate::encode::EncodeConfig::from_args(a)?),
+        Command::ImportOfficial(a) => crate::score::import_official(a),
+        Command::Score(a) => crate::score::score(a),
         Command::Convert(a) => crate::data_cmds::convert(a),
         Command::Stats(a) => crate::data_cmds::stats(a),
         Command::Bench(BenchCommand::Encoder(a)) => crate::bench::run_encoder(a),

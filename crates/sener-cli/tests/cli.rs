@@ -134,3 +134,88 @@ fn convert_round_trips_and_reports_what_conll_cannot_hold() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("xml"));
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `import-official` on a checkpoint in the official key layout (written by the fixture script
+/// from deberta_v3_tiny + random LoRA + a span side), then `score` on two documents.
+#[test]
+fn import_official_then_score() {
+    let dir = std::env::temp_dir().join(format!("sener-import-{}", std::process::id()));
+    let model = dir.join("model");
+    let ckpt = fixture("official_tiny.pth");
+    let base = fixture("deberta_v3_tiny_tok");
+    let o = sener(&[
+        "import-official", "--checkpoint", ckpt.to_str().unwrap(), "--base", base.to_str().unwrap(),
+        "--labels", "a,b,c,d,e", "--chunks-size", "4", "--biaffine-size", "10", "--cnn-dim", "8",
+        "--output", model.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("4 LoRA projections"));
+
+    // The imported encoder with its adapter merged equals deberta_v3_tiny with the q/v weights
+    // merged by the fixture script (W + 2·B·A), on the same input.
+    let imported = sener::model::Sener::load(&model, &Device::Cpu).unwrap();
+    let mut weights = candle_core::safetensors::load(fixture("deberta_v3_tiny/model.safetensors"), &Device::Cpu).unwrap();
+    for (k, v) in candle_core::safetensors::load(fixture("official_tiny_expected.safetensors"), &Device::Cpu).unwrap() {
+        weights.insert(k, v);
+    }
+    let merged_dir = dir.join("merged");
+    std::fs::create_dir_all(&merged_dir).unwrap();
+    std::fs::copy(fixture("deberta_v3_tiny/config.json"), merged_dir.join("config.json")).unwrap();
+    candle_core::safetensors::save(&weights, merged_dir.join("model.safetensors")).unwrap();
+    let arrow = imported.config.arrow.clone();
+    let reference = sener::encoder::Encoder::load(&merged_dir, &sener::encoder::EncoderOptions { arrow, ..Default::default() }).unwrap();
+    let ids = candle_core::Tensor::new(&[[1u32, 17, 33, 5, 90, 64, 2]], &Device::Cpu).unwrap();
+    let mask = ids.ones_like().unwrap();
+    let mut ctx = sener::nn::ForwardCtx::eval();
+    let a = imported.encoder.forward(&ids, &mask, &mut ctx).unwrap();
+    let b = reference.forward(&ids, &mask, &mut ctx).unwrap();
+    let diff = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-4, "merged LoRA differs by {diff}");
+    // The span tensors are the checkpoint's.
+    let state: std::collections::HashMap<String, candle_core::Tensor> =
+        candle_core::pickle::read_all(&ckpt).unwrap().into_iter().collect();
+    let span = candle_core::safetensors::load(model.join("span.safetensors"), &Device::Cpu).unwrap();
+    for name in ["U", "W", "cross_layers.1.conv2.conv2d.weight", "down_fc.bias"] {
+        let want = &state[&format!("module.base_model.model.{name}")];
+        let d = (&span[name] - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(d, 0.0, "{name}");
+    }
+
+    // score: two documents of 9 and 3 words.
+    let input = dir.join("docs.jsonl");
+    std::fs::write(
+        &input,
+        "{\"doc_id\": \"d1\", \"text\": [\"w5\", \"w6\", \"w7\", \"w8\", \"w9\", \"w10\", \"w11\", \"w12\", \"w13\"], \"entity\": [[1, 3, [\"w6\", \"w7\"], \"a\"]]}\n\
+         {\"doc_id\": \"d2\", \"text\": [\"w20\", \"w21\", \"w22\"], \"entity\": []}\n",
+    )
+    .unwrap();
+    let out = dir.join("logits.safetensors");
+    let decoded = dir.join("decoded.jsonl");
+    let o = sener(&[
+        "score", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output",
+        out.to_str().unwrap(), "--decoded", decoded.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let t = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    assert_eq!(t["logits.0"].dims(), &[9, 9, 5]);
+    assert_eq!(t["logits.1"].dims(), &[3, 9, 5]);
+    // Cells outside the document carry the official −1e-6; the others are finite model logits.
+    let l1: Vec<Vec<Vec<f32>>> = t["logits.1"].to_vec3().unwrap();
+    assert_eq!(l1[0][0], vec![-1e-6; 5]); // pair (0, −4)
+    assert!(l1[0][4].iter().all(|x| x.is_finite() && *x != -1e-6)); // pair (0, 0)
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&decoded).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["doc_id"], "d1");
+    for s in lines[0]["entity"].as_array().unwrap() {
+        let (b, e) = (s[0].as_u64().unwrap(), s[1].as_u64().unwrap());
+        assert!(b < e && e <= 9 && e - b <= 5, "{s}");
+        assert!(["a", "b", "c", "d", "e"].contains(&s[2].as_str().unwrap()));
+    }
+    // The same documents scored again give bit-identical logits.
+    let o = sener(&["score", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", dir.join("again.safetensors").to_str().unwrap()]);
+    assert!(o.status.success());
+    let again = candle_core::safetensors::load(dir.join("again.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(again["logits.0"].to_vec3::<f32>().unwrap(), t["logits.0"].to_vec3::<f32>().unwrap());
+    std::fs::remove_dir_all(dir).ok();
+}

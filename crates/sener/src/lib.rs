@@ -4,8 +4,12 @@
 //! arXiv 2502.07286): long-document named-entity extraction with an arrow-attention encoder and a
 //! banded span model, in memory linear in the document length.
 //!
-//! This release contains the encoder ([`encoder`]): DeBERTa-v2/v3 and BERT checkpoints in Hugging
-//! Face layout, with bidirectional arrow attention, LogN scaling of the [CLS] row and LoRA.
+//! One document's path, module by module: [`data`] reads it and tokenizes each word
+//! (exact character offsets), [`encoder`] runs the arrow-attention encoder over each segment,
+//! [`span::pooling`] max-pools subwords into words, [`span::biaffine`] scores the span band
+//! ([`span::band`]), [`span::bispa`] refines it, [`span::SpanModel`] applies the head, and
+//! [`decode`] turns band logits into entities; [`model::Sener`] holds the whole model and
+//! [`metric`] scores predictions. [`official`] imports the authors' released checkpoints.
 //!
 //! ```no_run
 //! use sener::encoder::{Encoder, EncoderOptions};
@@ -26,7 +30,9 @@ pub mod encoder;
 pub mod error;
 pub mod mem;
 pub mod metric;
+pub mod model;
 pub mod nn;
+pub mod official;
 pub mod span;
 pub mod tokenizer;
 pub mod weights;

@@ -103,3 +103,41 @@ fn gradients_reach_every_span_parameter() {
         assert!(norm > 0.0 && norm.is_finite(), "{name}: gradient norm {norm}");
     }
 }
+
+#[test]
+fn a_few_optimizer_steps_fit_one_document() {
+    use candle_nn::Optimizer;
+    use sener::span::band::Band;
+    use sener::span::loss::{band_labels, bce_loss, GoldSpan};
+    let f = load();
+    // Document 0 alone (11 words), gold: nested and boundary-sharing spans of three types.
+    let hidden = f.hidden.narrow(0, 0, 1).unwrap();
+    let idx = vec![f.indexes[0].clone()];
+    let len = f.lens[0];
+    let words = WordPooling::new(&idx, hidden.dim(1).unwrap(), len).unwrap().forward(&hidden).unwrap();
+    let gold = vec![
+        GoldSpan { start: 1, end: 3, label: 0 },
+        GoldSpan { start: 2, end: 2, label: 1 },
+        GoldSpan { start: 3, end: 6, label: 2 },
+        GoldSpan { start: 9, end: 10, label: 4 },
+    ];
+    let (w, r) = (f.model.config.window, f.model.labels);
+    let labels = band_labels(&[gold.clone()], &[len], len, Band::new(w), r, &Device::Cpu).unwrap();
+    assert_eq!(labels.too_long, 0);
+    let vars: Vec<candle_core::Var> = f.model.params().into_iter().map(|(_, v)| v).collect();
+    let mut opt = candle_nn::AdamW::new(vars, candle_nn::ParamsAdamW { lr: 1e-2, weight_decay: 0.0, ..Default::default() }).unwrap();
+    let mut losses = Vec::new();
+    for _ in 0..60 {
+        let out = f.model.forward(&words, &[len], &mut ForwardCtx::grad_only()).unwrap();
+        let loss = bce_loss(&out.logits, &labels.labels, &out.valid).unwrap();
+        losses.push(loss.to_scalar::<f32>().unwrap());
+        opt.backward_step(&loss).unwrap();
+    }
+    assert!(losses[59] < 0.1 * losses[0], "loss {} → {}", losses[0], losses[59]);
+    let out = f.model.forward(&words, &[len], &mut ForwardCtx::eval()).unwrap();
+    let flat: Vec<f32> = SpanModel::inference_logits(&out).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let spans = sener::decode::decode_segment(&flat, len, w, r, &sener::decode::DecodeOptions::default()).unwrap();
+    let got: Vec<(usize, usize, usize)> = spans.iter().map(|s| (s.start, s.end, s.label)).collect();
+    let want: Vec<(usize, usize, usize)> = gold.iter().map(|g| (g.start, g.end, g.label)).collect();
+    assert_eq!(got, want, "losses {losses:?}");
+}

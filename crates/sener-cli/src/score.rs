@@ -1,0 +1,120 @@
+//! `sener import-official` and `sener score`: the authors' checkpoints, and band logits of SeNER
+//! JSON-lines documents computed the way the official code does.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use sener::decode::{decode_segment, merge_segments, DecodeOptions};
+use sener::encoder::ArrowConfig;
+use sener::model::{Batch, Sener};
+use sener::nn::ForwardCtx;
+use sener::official::{import, task_labels, ImportOptions};
+use sener::span::{SpanConfig, SpanModel};
+use sener_data::align::{align, WordTokenizer};
+use sener_data::readers::{self, Format};
+use sener_data::segment::{segment, SegmentConfig};
+
+use crate::cli::{ImportOfficialArgs, ScoreArgs};
+
+pub fn import_official(a: ImportOfficialArgs) -> Result<()> {
+    let labels = match (&a.task, &a.labels) {
+        (Some(t), None) => task_labels(t).with_context(|| format!("--task {t}: expected scholar-xl, scirex or profiling-07"))?,
+        (None, Some(l)) => l.clone(),
+        _ => bail!("give exactly one of --task and --labels"),
+    };
+    let opts = ImportOptions {
+        labels,
+        span: SpanConfig {
+            window: a.chunks_size,
+            biaffine_size: a.biaffine_size,
+            cnn_dim: a.cnn_dim,
+            cnn_depth: a.cnn_depth,
+            ..SpanConfig::default()
+        },
+        lora_alpha: a.lora_alpha,
+        arrow: ArrowConfig::default(),
+        max_len: 5120,
+    };
+    let r = import(&a.checkpoint, &a.base, &a.output, &opts)
+        .with_context(|| format!("importing {}", a.checkpoint.display()))?;
+    eprintln!(
+        "imported {}: {} encoder tensors, {} LoRA projections, {} span tensors, {} labels; ignored {:?} (RoPE tables differ from sener's by at most {:.1e}) -> {}",
+        a.checkpoint.display(),
+        r.encoder_tensors,
+        r.lora_layers,
+        r.span_tensors,
+        r.config.labels.len(),
+        r.ignored,
+        r.rope_max_diff,
+        a.output.display()
+    );
+    Ok(())
+}
+
+fn word_tokenizer(dir: &Path) -> Result<WordTokenizer> {
+    let json = dir.join("tokenizer.json");
+    if json.is_file() {
+        return Ok(WordTokenizer::from_file(&json)?);
+    }
+    let spm = dir.join("spm.model");
+    if spm.is_file() {
+        return Ok(WordTokenizer::from_spm(&spm)?);
+    }
+    bail!("{}: no tokenizer.json or spm.model for the encoder", dir.display())
+}
+
+pub fn score(a: ScoreArgs) -> Result<()> {
+    let dev = crate::cli::parse_device(&a.device)?;
+    let model = Sener::load(&a.model, &dev).with_context(|| format!("loading model {}", a.model.display()))?;
+    let mut tok = word_tokenizer(&model.config.base_dir(&a.model))?;
+    let special = *tok.special();
+    let read = readers::read_path(Format::Sener, &a.input).with_context(|| format!("reading {}", a.input.display()))?;
+    crate::data_cmds::print_report("read", &read.report);
+    let cfg = SegmentConfig::new(a.max_len.unwrap_or(model.config.max_len));
+    let (w, r) = (model.span.config.window, model.config.labels.len());
+    let opts = DecodeOptions::default();
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let mut decoded_out = match &a.decoded {
+        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+        None => None,
+    };
+    let mut too_long = 0usize;
+    for (line, doc) in read.documents.iter().enumerate() {
+        let al = align(doc, &mut tok).with_context(|| format!("tokenizing document {} (line {})", doc.id, line + 1))?;
+        let (we, _) = doc.word_entities()?;
+        let seg = segment(doc, &al, &we, &special, &cfg)?;
+        too_long += we.iter().filter(|e| e.end - e.start > w + 1).count();
+        let mut per_segment = Vec::new();
+        for (si, s) in seg.segments.iter().enumerate() {
+            let batch = Batch::new(&[(s.input_ids.clone(), s.indexes.clone(), s.n_words)], special.pad, &dev)?;
+            let out = model.forward(&batch, &mut ForwardCtx::eval())?;
+            let logits = SpanModel::inference_logits(&out)?.squeeze(0)?.narrow(0, 0, s.n_words)?.to_device(&Device::Cpu)?;
+            let flat: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+            per_segment.push((s.word_offset, decode_segment(&flat, s.n_words, w, r, &opts)?));
+            let name = if si == 0 { format!("logits.{line}") } else { format!("logits.{line}.{si}") };
+            tensors.insert(name, logits);
+        }
+        if let Some(out) = decoded_out.as_mut() {
+            let spans: Vec<serde_json::Value> = merge_segments(&per_segment)
+                .iter()
+                .map(|s| serde_json::json!([s.start, s.end + 1, model.config.labels[s.label]]))
+                .collect();
+            writeln!(out, "{}", serde_json::json!({"doc_id": doc.id, "entity": spans}))?;
+        }
+        eprintln!("line {}: {} words, {} segment(s)", line + 1, doc.word_count(), seg.segments.len());
+    }
+    candle_core::safetensors::save(&tensors, &a.output).with_context(|| format!("writing {}", a.output.display()))?;
+    if let Some(mut out) = decoded_out {
+        out.flush()?;
+    }
+    eprintln!(
+        "scored {} documents -> {}; {too_long} gold entities are longer than the span window ({} words) and cannot be predicted",
+        read.documents.len(),
+        a.output.display(),
+        w + 1
+    );
+    Ok(())
+}

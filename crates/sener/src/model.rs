@@ -1,0 +1,190 @@
+//! The whole model: `Sener` = encoder (arrow attention, LoRA) + word pooling + span side, with
+//! one config saved beside every checkpoint.
+//!
+//! A model folder holds:
+//! - `sener.json`: [`SenerConfig`] (labels, windows, dimensions, where the base encoder is);
+//! - `span.safetensors`: the span side, official parameter names (`U`, `W`, `head_mlp.1.*`,
+//!   `cross_layers.N.*`, `down_fc.*`);
+//! - `adapter/`: the encoder's LoRA adapter in PEFT layout (absent when the encoder is not adapted);
+//! - optionally `encoder/`: a Hugging Face encoder folder (config.json, weights, tokenizer), used
+//!   when `sener.json` names it as the base.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarBuilder;
+
+use crate::encoder::{ArrowConfig, Encoder, EncoderOptions, LoraConfig};
+use crate::nn::ForwardCtx;
+use crate::span::pooling::WordPooling;
+use crate::span::{SpanConfig, SpanModel, SpanOutput};
+use crate::{Error, Result};
+
+/// Where the base encoder comes from.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BaseEncoder {
+    /// Hugging Face folder; relative paths are relative to the model folder.
+    pub path: PathBuf,
+    /// sha256 of its weight file, checked at load when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// Everything needed to rebuild a model (saved as `sener.json`). Defaults are the paper's.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SenerConfig {
+    pub base: BaseEncoder,
+    /// Entity types, in logit order.
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub arrow: ArrowConfig,
+    #[serde(default)]
+    pub span: SpanConfig,
+    /// LoRA on the encoder's query/value projections (None: encoder frozen as is).
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
+    /// Segment length in subword tokens, [CLS]/[SEP] included.
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+}
+
+fn default_max_len() -> usize {
+    5120
+}
+
+/// One batch of segments, ready for the model.
+pub struct Batch {
+    /// `[B, T]` u32 token ids ([CLS] … [SEP], padded).
+    pub ids: Tensor,
+    /// `[B, T]` 1/0.
+    pub mask: Tensor,
+    /// Per row: subword → word index + 1 (0 for special and padding tokens).
+    pub indexes: Vec<Vec<u32>>,
+    /// Per row: number of words.
+    pub words: Vec<usize>,
+}
+
+impl Batch {
+    /// Pads rows of `(ids, indexes, words)` to the longest; `pad` is the padding id.
+    pub fn new(rows: &[(Vec<u32>, Vec<u32>, usize)], pad: u32, dev: &Device) -> Result<Self> {
+        let t = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+        if rows.is_empty() || t == 0 {
+            return Err(Error::Input("empty batch".into()));
+        }
+        let mut ids = Vec::with_capacity(rows.len() * t);
+        let mut mask = Vec::with_capacity(rows.len() * t);
+        for (row, idx, _) in rows {
+            if idx.len() != row.len() {
+                return Err(Error::Input(format!("{} ids but {} word indexes", row.len(), idx.len())));
+            }
+            ids.extend(row.iter().copied().chain(std::iter::repeat(pad)).take(t));
+            mask.extend((0..t).map(|i| if i < row.len() { 1u32 } else { 0 }));
+        }
+        Ok(Self {
+            ids: Tensor::from_vec(ids, (rows.len(), t), dev)?,
+            mask: Tensor::from_vec(mask, (rows.len(), t), dev)?,
+            indexes: rows.iter().map(|r| r.1.clone()).collect(),
+            words: rows.iter().map(|r| r.2).collect(),
+        })
+    }
+}
+
+/// Encoder + pooling + span side.
+pub struct Sener {
+    pub config: SenerConfig,
+    pub encoder: Encoder,
+    pub span: SpanModel,
+}
+
+impl Sener {
+    /// Loads a model folder (see the module docs). LoRA is merged for inference.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let cfg_path = dir.join("sener.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let config: SenerConfig =
+            serde_json::from_str(&text).map_err(|e| Error::Json { path: cfg_path.clone(), message: e.to_string() })?;
+        let base = config.base_dir(dir);
+        if let Some(want) = &config.base.sha256 {
+            let files = crate::weights::WeightFiles::find(&base)?;
+            let got = sha256_file(&files.display_path())?;
+            if &got != want {
+                return Err(Error::model(
+                    files.display_path(),
+                    format!("base encoder sha256 is {got}, the model was trained on {want}"),
+                ));
+            }
+        }
+        let opts = EncoderOptions { arrow: config.arrow.clone(), dtype: DType::F32, device: device.clone() };
+        let mut encoder = Encoder::load(&base, &opts)?;
+        let adapter = dir.join("adapter");
+        if adapter.is_dir() {
+            encoder.load_adapter(&adapter, config.lora.as_ref().map(|l| l.alpha))?;
+            encoder.merge_lora()?;
+        }
+        let span_file = dir.join("span.safetensors");
+        if !span_file.is_file() {
+            return Err(Error::model(dir, "no span.safetensors in this model folder"));
+        }
+        // SAFETY: read-only mmap of a file we do not modify while loading.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&span_file], DType::F32, device) }
+            .map_err(|e| Error::model(&span_file, e.to_string()))?;
+        let span = SpanModel::load(&vb, config.span.clone(), encoder.hidden_size(), config.labels.len())
+            .map_err(|e| Error::model(&span_file, e.to_string()))?;
+        Ok(Self { config, encoder, span })
+    }
+
+    /// Writes `sener.json`, `span.safetensors` and (when adapted) `adapter/`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let cfg = dir.join("sener.json");
+        let json = serde_json::to_string_pretty(&self.config).map_err(|e| Error::Json { path: cfg.clone(), message: e.to_string() })?;
+        std::fs::write(&cfg, json).map_err(|e| Error::io(&cfg, e))?;
+        let tensors: HashMap<String, Tensor> =
+            self.span.params().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+        let file = dir.join("span.safetensors");
+        candle_core::safetensors::save(&tensors, &file).map_err(|e| Error::model(&file, e.to_string()))?;
+        if let Some(l) = &self.config.lora {
+            if !self.encoder.trainable().is_empty() {
+                self.encoder.save_adapter(&dir.join("adapter"), l)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Trainable tensors: encoder LoRA (+ q/v biases) and the whole span side.
+    pub fn trainable(&self) -> Vec<(String, Var)> {
+        let mut v: Vec<(String, Var)> = self.encoder.trainable().into_iter().map(|(n, t)| (format!("encoder.{n}"), t)).collect();
+        v.extend(self.span.params());
+        v
+    }
+
+    /// Band logits of a batch (invalid cells 0; see [`SpanModel::inference_logits`]).
+    pub fn forward(&self, batch: &Batch, ctx: &mut ForwardCtx) -> Result<SpanOutput> {
+        let hidden = self.encoder.forward(&batch.ids, &batch.mask, ctx)?;
+        let n = batch.words.iter().copied().max().unwrap_or(0).max(1);
+        let pooling = WordPooling::new(&batch.indexes, hidden.dim(1)?, n)?;
+        let words = pooling.forward(&hidden)?;
+        self.span.forward(&words, &batch.words, ctx)
+    }
+}
+
+impl SenerConfig {
+    /// The base encoder folder, resolved against the model folder.
+    pub fn base_dir(&self, model_dir: &Path) -> PathBuf {
+        if self.base.path.is_absolute() {
+            self.base.path.clone()
+        } else {
+            model_dir.join(&self.base.path)
+        }
+    }
+}
+
+/// Hex sha256 of a file.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| Error::io(path, e))?;
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
