@@ -12,7 +12,7 @@ use sener::encoder::{presets, ArrowConfig, Encoder, EncoderKind, EncoderOptions}
 use sener::nn::ForwardCtx;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{BenchEncoderArgs, BenchOneArgs, BenchPositionsArgs};
+use crate::cli::{BenchEncoderArgs, BenchOneArgs, BenchPositionsArgs, BenchSpanArgs, BenchSpanOneArgs};
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct Measurement {
@@ -263,5 +263,94 @@ pub fn run_positions(a: BenchPositionsArgs) -> Result<()> {
         let pos = sener::encoder::block::extended_position_ids(start + len, 512);
         println!("| {m} | {start}..{} | {}..{} | {mean:.4} | {min:.4} |", start + len, pos[start], pos[start + len - 1]);
     }
+    Ok(())
+}
+
+/// Span-side FLOPs for n words and band width K (biaffine bilinear over the band, two attention
+/// views, dense, two convs, head) — the useful arithmetic of one forward.
+fn span_flops(n: usize, kk: usize, hidden: usize, size: usize, c: usize, depth: usize, labels: usize) -> f64 {
+    let (n, kk, h, x, c) = (n as f64, kk as f64, hidden as f64, (size + 1) as f64, c as f64);
+    let mlps = 2.0 * 2.0 * n * h * x;
+    let bilinear = 2.0 * n * c * x * (x + kk);
+    let per_block = 2.0 * (2.0 * n * kk * c * 3.0 * c + 2.0 * 2.0 * n * kk * kk * c) + 2.0 * n * kk * 2.0 * c * c + 2.0 * 2.0 * n * kk * 9.0 * c * c;
+    mlps + bilinear + depth as f64 * per_block + 2.0 * n * kk * c * labels as f64
+}
+
+pub fn run_span(a: BenchSpanArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("locating the sener binary")?;
+    println!("span side: hidden {}, w′ {}, biaffine 100, c 32, 2 BiSPA blocks, {} types; f32, CPU", a.hidden, a.window, a.labels);
+    println!();
+    println!("| words | span tensor | band K | s / forward | peak RSS (MiB) | GFLOP/s |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    let mut all = Vec::new();
+    for &n in &a.words {
+        for mode in ["banded", "full"] {
+            let kk = if mode == "full" { 2 * n - 1 } else { 2 * a.window + 1 };
+            // ~12 live band-sized f32 tensors at the peak (measured order of magnitude)
+            let est_gib = 12.0 * (n * kk * 32 * 4) as f64 / (1u64 << 30) as f64;
+            let tflop = span_flops(n, kk, a.hidden, 100, 32, 2, a.labels) / 1e12;
+            let skip = if est_gib > a.budget_gib {
+                Some(format!("est. {est_gib:.0} GiB > {:.0} GiB", a.budget_gib))
+            } else if mode == "full" && tflop > a.max_tflop {
+                Some(format!("est. {tflop:.0} TFLOP > {:.0}", a.max_tflop))
+            } else {
+                None
+            };
+            let row = match skip {
+                Some(why) => serde_json::json!({"words": n, "mode": mode, "k": kk, "skipped": why}),
+                None => {
+                    let out = Command::new(&exe)
+                        .args(["bench", "span-one", "--words", &n.to_string(), "--mode", mode])
+                        .args(["--window", &a.window.to_string(), "--hidden", &a.hidden.to_string(), "--labels", &a.labels.to_string()])
+                        .output()
+                        .context("running sener bench span-one")?;
+                    match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+                        Ok(v) if out.status.success() => v,
+                        _ => serde_json::json!({"words": n, "mode": mode, "k": kk,
+                            "skipped": format!("failed: {}", String::from_utf8_lossy(&out.stderr).trim())}),
+                    }
+                }
+            };
+            match row.get("skipped").and_then(|s| s.as_str()) {
+                Some(why) => println!("| {n} | {mode} | {kk} | — | — | {why} |"),
+                None => println!(
+                    "| {n} | {mode} | {kk} | {:.2} | {:.0} | {:.0} |",
+                    row["seconds"].as_f64().unwrap_or(f64::NAN),
+                    row["peak_rss"].as_f64().unwrap_or(0.0) / 1048576.0,
+                    row["gflops_per_s"].as_f64().unwrap_or(f64::NAN)
+                ),
+            }
+            all.push(row);
+        }
+    }
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&all)?).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+pub fn run_span_one(a: BenchSpanOneArgs) -> Result<()> {
+    use sener::span::{SpanConfig, SpanModel};
+    let window = match a.mode.as_str() {
+        "banded" => a.window,
+        "full" => a.words.saturating_sub(1).max(1),
+        m => bail!("--mode {m}: expected banded or full"),
+    };
+    let cfg = SpanConfig { window, ..SpanConfig::default() };
+    let model = SpanModel::init(cfg, a.hidden, a.labels, 0, DType::F32, &Device::Cpu)?;
+    let words = Tensor::randn(0f32, 1.0, (1, a.words, a.hidden), &Device::Cpu)?;
+    // warm-up on a short input
+    let short = words.narrow(1, 0, a.words.min(64))?;
+    model.forward(&short, &[a.words.min(64)], &mut ForwardCtx::eval())?;
+    sener::mem::reset_peak_rss();
+    let t0 = Instant::now();
+    let out = model.forward(&words, &[a.words], &mut ForwardCtx::eval())?;
+    drop(out);
+    let seconds = t0.elapsed().as_secs_f64();
+    let kk = 2 * window + 1;
+    let flops = span_flops(a.words, kk, a.hidden, 100, 32, 2, a.labels);
+    let v = serde_json::json!({"words": a.words, "mode": a.mode, "k": kk, "seconds": seconds,
+        "peak_rss": sener::mem::peak_rss().unwrap_or(0), "flops": flops, "gflops_per_s": flops / seconds / 1e9});
+    println!("{v}");
     Ok(())
 }

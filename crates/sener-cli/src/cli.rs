@@ -183,6 +183,12 @@ pub enum BenchCommand {
     /// What BERT's block-wise repeated positions cost: hidden states of a long pass against
     /// 510-token windows with natural positions, per block of the document.
     Positions(BenchPositionsArgs),
+    /// Span side (biaffine + BiSPA + head) for n words at w′ = 128, banded against the full
+    /// L×L span tensor (window ≥ n), each in its own process.
+    Span(BenchSpanArgs),
+    /// One span measurement (used by `bench span`).
+    #[command(hide = true)]
+    SpanOne(BenchSpanOneArgs),
     /// One measurement (used by `bench encoder`; prints one JSON line).
     #[command(hide = true)]
     EncoderOne(BenchOneArgs),
@@ -211,6 +217,45 @@ pub struct BenchEncoderArgs {
     /// Also write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchSpanArgs {
+    /// Word counts.
+    #[arg(long, value_delimiter = ',', default_value = "512,1024,2048,4096,8192,16384")]
+    pub words: Vec<usize>,
+    /// Span window w′.
+    #[arg(long, default_value_t = 128)]
+    pub window: usize,
+    /// Encoder hidden size of the word vectors (1024: DeBERTa-v3-large).
+    #[arg(long, default_value_t = 1024)]
+    pub hidden: usize,
+    /// Entity types.
+    #[arg(long, default_value_t = 12)]
+    pub labels: usize,
+    /// Skip a run whose estimated peak exceeds this many GiB.
+    #[arg(long, default_value_t = 16.0)]
+    pub budget_gib: f64,
+    /// Skip a full-L×L run whose estimated arithmetic exceeds this many TFLOP (time budget).
+    #[arg(long, default_value_t = 3.0)]
+    pub max_tflop: f64,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchSpanOneArgs {
+    #[arg(long)]
+    pub words: usize,
+    /// banded or full
+    #[arg(long)]
+    pub mode: String,
+    #[arg(long, default_value_t = 128)]
+    pub window: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 12)]
+    pub labels: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -264,5 +309,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Encoder(a)) => crate::bench::run_encoder(a),
         Command::Bench(BenchCommand::EncoderOne(a)) => crate::bench::run_one(a),
         Command::Bench(BenchCommand::Positions(a)) => crate::bench::run_positions(a),
+        Command::Bench(BenchCommand::Span(a)) => crate::bench::run_span(a),
+        Command::Bench(BenchCommand::SpanOne(a)) => crate::bench::run_span_one(a),
     }
 }

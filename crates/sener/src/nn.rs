@@ -86,8 +86,8 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, xs: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        if ctx.grad {
-            // Composite version: mean/variance in the input dtype (f32 or f64), records a backward.
+        if ctx.grad || !matches!(xs.dtype(), DType::F32 | DType::F16 | DType::BF16) {
+            // Composite version (also the only one for f64): mean/variance in the input dtype (f32 or f64), records a backward.
             let mean = xs.mean_keepdim(D::Minus1)?;
             let xc = xs.broadcast_sub(&mean)?;
             let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
