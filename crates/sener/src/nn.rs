@@ -62,6 +62,17 @@ impl ForwardCtx {
         Ok(xs.mul(&mask)?)
     }
 
+    /// A trainable parameter as used in this pass: tracked when gradients are wanted, detached
+    /// otherwise. (A tracked parameter makes candle keep every intermediate that depends on it
+    /// alive until the output is dropped: at inference that turns O(rows) memory into O(all).)
+    pub fn param(&self, v: &candle_core::Var) -> Tensor {
+        if self.grad {
+            v.as_tensor().clone()
+        } else {
+            v.as_tensor().detach()
+        }
+    }
+
     /// Softmax over the last dimension.
     pub fn softmax_last(&self, xs: &Tensor) -> Result<Tensor> {
         if self.grad {

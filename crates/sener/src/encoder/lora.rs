@@ -113,8 +113,9 @@ impl LoraLinear {
     pub fn merge(&mut self) -> Result<()> {
         if let Some(ad) = &mut self.adapter {
             if !ad.merged {
-                let delta = (ad.b.as_tensor().matmul(ad.a.as_tensor())? * ad.scale)?;
-                self.weight = (&self.weight + delta)?;
+                // Detached: a merged weight must not drag the adapter's graph into inference.
+                let delta = (ad.b.as_tensor().matmul(ad.a.as_tensor())? * ad.scale)?.detach();
+                self.weight = (&self.weight + delta)?.detach();
                 ad.merged = true;
             }
         }
@@ -124,8 +125,8 @@ impl LoraLinear {
     pub fn unmerge(&mut self) -> Result<()> {
         if let Some(ad) = &mut self.adapter {
             if ad.merged {
-                let delta = (ad.b.as_tensor().matmul(ad.a.as_tensor())? * ad.scale)?;
-                self.weight = (&self.weight - delta)?;
+                let delta = (ad.b.as_tensor().matmul(ad.a.as_tensor())? * ad.scale)?.detach();
+                self.weight = (&self.weight - delta)?.detach();
                 ad.merged = false;
             }
         }
@@ -144,13 +145,13 @@ impl LoraLinear {
         let mut y = linear(xs, &self.weight)?;
         match &self.bias {
             Some(Bias::Frozen(b)) => y = y.broadcast_add(b)?,
-            Some(Bias::Trainable(b)) => y = y.broadcast_add(b.as_tensor())?,
+            Some(Bias::Trainable(b)) => y = y.broadcast_add(&ctx.param(b))?,
             None => {}
         }
         if let Some(ad) = &self.adapter {
             if !ad.merged {
                 let x = ctx.dropout(xs, ad.dropout)?;
-                let low = linear(&linear(&x, ad.a.as_tensor())?, ad.b.as_tensor())?;
+                let low = linear(&linear(&x, &ctx.param(&ad.a))?, &ctx.param(&ad.b))?;
                 y = (y + (low * ad.scale)?)?;
             }
         }

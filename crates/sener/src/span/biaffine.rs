@@ -33,10 +33,10 @@ impl TrainLinear {
         Ok(Self { name: name.to_string(), weight, bias })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = crate::encoder::lora::linear(x, self.weight.as_tensor())?;
+    pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let y = crate::encoder::lora::linear(x, &ctx.param(&self.weight))?;
         Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b.as_tensor())?,
+            Some(b) => y.broadcast_add(&ctx.param(b))?,
             None => y,
         })
     }
@@ -88,8 +88,8 @@ impl Biaffine {
     /// Returns the masked band `[B, n, K, c]`.
     pub fn forward(&self, h: &Tensor, band: Band, mask: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let (b, n, _) = h.dims3()?;
-        let hs = self.head.forward(&ctx.dropout(h, self.dropout)?)?.gelu_erf()?;
-        let he = self.tail.forward(&ctx.dropout(h, self.dropout)?)?.gelu_erf()?;
+        let hs = self.head.forward(&ctx.dropout(h, self.dropout)?, ctx)?.gelu_erf()?;
+        let he = self.tail.forward(&ctx.dropout(h, self.dropout)?, ctx)?.gelu_erf()?;
         let ones = Tensor::ones((b, n, 1), h.dtype(), h.device())?;
         let hs = Tensor::cat(&[&hs, &ones], 2)?; // [B, n, h+1]
         let he = Tensor::cat(&[&he, &ones], 2)?;
@@ -100,7 +100,7 @@ impl Biaffine {
 
         // ---- bilinear term by row blocks ----
         // A[i, o, :] = h̃ˢ_iᵀ U[o]  → [B, n, c, x]
-        let u = self.u.as_tensor().transpose(0, 1)?.reshape((x, c * x))?; // [x, (o, y)]
+        let u = ctx.param(&self.u).transpose(0, 1)?.reshape((x, c * x))?; // [x, (o, y)]
         let a = crate::encoder::lora::linear(&hs, &u.t()?)?.reshape((b, n, c, x))?;
         let bs = w.max(1);
         let nb = n.div_ceil(bs);
@@ -122,8 +122,9 @@ impl Biaffine {
         let s_u = m.permute((0, 1, 3, 4, 2))?.reshape((b, np, kk, c))?.narrow(1, 0, n)?;
 
         // ---- linear term: W[o]·[drop(h̃ˢ_i); drop(h̃ᵉ_j)] ----
-        let ws = self.w.as_tensor().narrow(1, 0, x)?;
-        let we = self.w.as_tensor().narrow(1, x, x)?;
+        let wm = ctx.param(&self.w);
+        let ws = wm.narrow(1, 0, x)?;
+        let we = wm.narrow(1, x, x)?;
         let ps = crate::encoder::lora::linear(&ctx.dropout(&hs, self.dropout)?, &ws)?; // [B, n, c]
         let pe = crate::encoder::lora::linear(&ctx.dropout(&he, self.dropout)?, &we)?;
         let s = (s_u.broadcast_add(&ps.unsqueeze(2)?)? + band.gather(&pe)?)?;

@@ -117,21 +117,21 @@ impl BiSpaBlock {
         let kk = x.dim(2)?;
         let dev = x.device();
         let tri: Vec<u32> = (0..kk).map(|k| (k >= band.w) as u32).collect();
-        let tri = self.pos_embed.as_tensor().index_select(&Tensor::from_vec(tri, kk, dev)?, 0)?; // [K, c]
+        let tri = ctx.param(&self.pos_embed).index_select(&Tensor::from_vec(tri, kk, dev)?, 0)?; // [K, c]
         let x = x.clamp(-1000f32, 1000f32)?.broadcast_add(&tri)?;
         let valid4 = valid.unsqueeze(3)?;
         let zh = self.attention(&x, &self.h_qkv, valid, rope, ctx)?;
         let zv = self.attention(&band.vertical(&x)?, &self.v_qkv, valid, rope, ctx)?;
-        let d = self.dense.forward(&Tensor::cat(&[&zh, &zv], 3)?)?;
+        let d = self.dense.forward(&Tensor::cat(&[&zh, &zv], 3)?, ctx)?;
         let d = ctx.dropout(&d, self.dropout)?;
         let row_has_valid = valid.max_keepdim(2)?.unsqueeze(3)?; // [B, n, 1, 1]
         let d = d.broadcast_mul(&row_has_valid)?;
-        let ln1 = LayerNorm { weight: self.ln1.0.as_tensor().clone(), bias: self.ln1.1.as_tensor().clone(), eps: 1e-5 };
+        let ln1 = LayerNorm { weight: ctx.param(&self.ln1.0), bias: ctx.param(&self.ln1.1), eps: 1e-5 };
         let y = ln1.forward(&(x + d)?, ctx)?;
-        let h = conv3x3(&y.broadcast_mul(&valid4)?, self.conv1.as_tensor())?.gelu_erf()?;
-        let h = conv3x3(&h.broadcast_mul(&valid4)?, self.conv2.as_tensor())?;
+        let h = conv3x3(&y.broadcast_mul(&valid4)?, &ctx.param(&self.conv1))?.gelu_erf()?;
+        let h = conv3x3(&h.broadcast_mul(&valid4)?, &ctx.param(&self.conv2))?;
         let h = ctx.dropout(&h, self.dropout)?;
-        let ln2 = LayerNorm { weight: self.ln2.0.as_tensor().clone(), bias: self.ln2.1.as_tensor().clone(), eps: 1e-5 };
+        let ln2 = LayerNorm { weight: ctx.param(&self.ln2.0), bias: ctx.param(&self.ln2.1), eps: 1e-5 };
         ln2.forward(&(y + h)?, ctx)
     }
 
@@ -145,7 +145,7 @@ impl BiSpaBlock {
             let rows = ROW_CHUNK.min(n - start);
             let xc = x.narrow(1, start, rows)?;
             let vc = valid.narrow(1, start, rows)?.unsqueeze(2)?; // [B, rows, 1, K]
-            let p = qkv.forward(&xc)?.clamp(-1e4f32, 1e4f32)?;
+            let p = qkv.forward(&xc, ctx)?.clamp(-1e4f32, 1e4f32)?;
             let q = apply_rope(&p.narrow(3, 0, c)?, &rope.0, &rope.1)?;
             let k = apply_rope(&p.narrow(3, c, c)?, &rope.0, &rope.1)?;
             let v = p.narrow(3, 2 * c, c)?.contiguous()?;

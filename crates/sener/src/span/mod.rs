@@ -130,7 +130,7 @@ impl SpanModel {
         for blk in &self.blocks {
             x = blk.forward(&x, band, &valid, &rope, ctx)?;
         }
-        let logits = self.down_fc.forward(&(x + s)?)?;
+        let logits = self.down_fc.forward(&(x + s)?, ctx)?;
         // Non-finite logits → 0 (official: logits[~isfinite] = 0); NaN < ∞ is false too.
         let finite = logits.abs()?.lt(f64::INFINITY)?;
         let logits = finite.where_cond(&logits, &logits.zeros_like()?)?;
