@@ -286,8 +286,9 @@ pub fn run_span(a: BenchSpanArgs) -> Result<()> {
     for &n in &a.words {
         for mode in ["banded", "full"] {
             let kk = if mode == "full" { 2 * n - 1 } else { 2 * a.window + 1 };
-            // ~12 live band-sized f32 tensors at the peak (measured order of magnitude)
-            let est_gib = 12.0 * (n * kk * 32 * 4) as f64 / (1u64 << 30) as f64;
+            // ~12 live band-sized f32 tensors, plus ~4 copies of one row chunk's [256, K, K]
+            // attention scores (orders of magnitude measured with this command)
+            let est_gib = (12.0 * (n * kk * 32 * 4) as f64 + 4.0 * (n.min(256) * kk * kk * 4) as f64) / (1u64 << 30) as f64;
             let tflop = span_flops(n, kk, a.hidden, 100, 32, 2, a.labels) / 1e12;
             let skip = if est_gib > a.budget_gib {
                 Some(format!("est. {est_gib:.0} GiB > {:.0} GiB", a.budget_gib))

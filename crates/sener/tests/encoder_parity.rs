@@ -129,9 +129,13 @@ fn lora_trains_only_adapters_and_merges_exactly() {
     let trained = forward(&enc, &e);
     assert!(max_diff(&trained, &before, None) > 1e-4, "training changed nothing");
 
+    // Inference with unmerged adapters builds no graph (parameters are detached outside
+    // gradient passes).
+    assert!(!trained.track_op());
     // Merge / unmerge: same output (up to f32 rounding), unmerge restores.
     enc.merge_lora().unwrap();
     let merged = forward(&enc, &e);
+    assert!(!merged.track_op());
     assert!(max_diff(&merged, &trained, None) < 1e-5);
     enc.unmerge_lora().unwrap();
     assert!(max_diff(&forward(&enc, &e), &trained, None) < 1e-5);

@@ -88,6 +88,19 @@ fn decoded_spans_match_the_reference_decoder() {
 }
 
 #[test]
+fn inference_builds_no_graph_and_training_does() {
+    // A forward that tracks its parameters keeps every intermediate alive (O(n·K²) memory at
+    // inference): eval must be detached, grad mode tracked.
+    let f = load();
+    let n = *f.lens.iter().max().unwrap();
+    let words = WordPooling::new(&f.indexes, f.hidden.dim(1).unwrap(), n).unwrap().forward(&f.hidden).unwrap();
+    let eval = f.model.forward(&words, &f.lens, &mut ForwardCtx::eval()).unwrap();
+    assert!(!eval.logits.track_op(), "eval forward is attached to the parameters' graph");
+    let train = f.model.forward(&words, &f.lens, &mut ForwardCtx::grad_only()).unwrap();
+    assert!(train.logits.track_op());
+}
+
+#[test]
 fn gradients_reach_every_span_parameter() {
     let f = load();
     let n = *f.lens.iter().max().unwrap();
