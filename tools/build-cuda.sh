@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Builds the CUDA binary on a machine without a GPU or CUDA toolkit (for carrying to a GPU machine
+# with driver ≥ 580 and the CUDA 13 runtime libraries): nvcc and the runtime from PyPI (13.0.x),
+# real cudart/cublas/nvrtc from PyPI wheels, and link-time stubs of libcuda (the driver) and
+# libcurand whose sonames resolve to the real libraries on the GPU machine.
+# Output: target-cuda/release/sener (stripped copy: target-cuda/sener-cuda).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cuda=/opt/cuda13
+stubs=/opt/cuda-stubs
+if [ ! -x "$cuda/nvidia/cu13/bin/nvcc" ]; then
+  python3 -m pip install --quiet --target "$cuda" nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.88 \
+    nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-cccl nvidia-cublas nvidia-cuda-nvrtc
+fi
+lib="$cuda/nvidia/cu13/lib"
+mkdir -p "$stubs"
+ln -sf "$lib/libcudart.so.13" "$stubs/libcudart.so"
+for l in cublas cublasLt nvrtc; do
+  real=$(ls "$lib"/lib$l.so.* 2>/dev/null | head -n1 || true)
+  [ -n "$real" ] || { echo "build-cuda: lib$l not found in $lib" >&2; exit 1; }
+  ln -sf "$real" "$stubs/lib$l.so"
+done
+# Driver and cuRAND: stubs exporting the symbols the binary references (found by linking once).
+undef=$(mktemp)
+for so in cuda curand; do [ -f "$stubs/lib$so.so" ] || gcc -shared -fPIC -o "$stubs/lib$so.so" -x c /dev/null; done
+export PATH="$cuda/nvidia/cu13/bin:$PATH" CUDA_ROOT="$cuda/nvidia/cu13" CUDA_COMPUTE_CAP=90 \
+  CARGO_TARGET_DIR="$PWD/target-cuda" RUSTFLAGS="-L $stubs"
+cargo rustc --release -p sener-cli --features cuda --bin sener -- -C link-arg=-Wl,--error-limit=0 2>&1 \
+  | grep -oE "undefined symbol: [A-Za-z0-9_]+" | awk '{print $3}' | sort -u > "$undef" || true
+if [ -s "$undef" ]; then
+  grep '^curand' "$undef" | sed 's/.*/void &(void){}/' > "$stubs/curand.c" || true
+  grep -v '^curand' "$undef" | grep '^cu' | sed 's/.*/void &(void){}/' > "$stubs/cuda.c" || true
+  gcc -shared -fPIC -Wl,-soname,libcurand.so.10 -o "$stubs/libcurand.so" "$stubs/curand.c"
+  gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stubs/libcuda.so" "$stubs/cuda.c"
+  cargo build --release -p sener-cli --features cuda
+fi
+strip -o target-cuda/sener-cuda target-cuda/release/sener
+ls -la target-cuda/sener-cuda
