@@ -31,13 +31,13 @@ pub struct BertConfig {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub intermediate_size: usize,
-    #[serde(default = "default_act")]
+    #[serde(default = "super::block::default_act")]
     pub hidden_act: String,
-    #[serde(default = "default_dropout")]
+    #[serde(default = "super::block::default_dropout")]
     pub hidden_dropout_prob: f32,
-    #[serde(default = "default_dropout")]
+    #[serde(default = "super::block::default_dropout")]
     pub attention_probs_dropout_prob: f32,
-    #[serde(default = "default_max_pos")]
+    #[serde(default = "super::block::default_max_pos")]
     pub max_position_embeddings: usize,
     #[serde(default = "default_type_vocab")]
     pub type_vocab_size: usize,
@@ -49,15 +49,6 @@ pub struct BertConfig {
     pub pad_token_id: Option<u32>,
 }
 
-fn default_act() -> String {
-    "gelu".into()
-}
-fn default_dropout() -> f32 {
-    0.1
-}
-fn default_max_pos() -> usize {
-    512
-}
 fn default_type_vocab() -> usize {
     2
 }
@@ -67,20 +58,12 @@ fn default_eps() -> f64 {
 
 impl BertConfig {
     fn validate(&self, path: &Path) -> Result<()> {
+        super::block::validate_common(path, self.hidden_size, self.num_attention_heads, &self.hidden_act)?;
         let bad = |m: String| Err(Error::model(path, m));
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
-            return bad(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
-        }
         if let Some(p) = &self.position_embedding_type {
             if p != "absolute" {
                 return bad(format!("position_embedding_type `{p}` is not supported (absolute only)"));
             }
-        }
-        if Activation::from_hf(&self.hidden_act).is_none() {
-            return bad(format!("hidden_act `{}` is not supported (gelu, gelu_new, relu)", self.hidden_act));
         }
         Ok(())
     }

@@ -80,3 +80,26 @@ pub fn extended_position_ids(t: usize, max: usize) -> Vec<u32> {
         .map(|k| if k < max || max < 2 { k.min(max.saturating_sub(1)) as u32 } else { (1 + (k - 1) % (max - 1)) as u32 })
         .collect()
 }
+
+// ---- config.json defaults and checks shared by the HF config structs (`serde(default = …)`) ----
+
+pub(crate) fn default_act() -> String {
+    "gelu".into()
+}
+pub(crate) fn default_dropout() -> f32 {
+    0.1
+}
+pub(crate) fn default_max_pos() -> usize {
+    512
+}
+
+/// Checks shared by every family: heads divide the hidden size, the activation is known.
+pub(crate) fn validate_common(path: &std::path::Path, hidden: usize, heads: usize, act: &str) -> Result<()> {
+    if heads == 0 || hidden % heads != 0 {
+        return Err(crate::Error::model(path, format!("hidden_size {hidden} is not a multiple of num_attention_heads {heads}")));
+    }
+    if Activation::from_hf(act).is_none() {
+        return Err(crate::Error::model(path, format!("hidden_act `{act}` is not supported (gelu, gelu_new, relu)")));
+    }
+    Ok(())
+}

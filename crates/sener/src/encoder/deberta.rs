@@ -36,13 +36,13 @@ pub struct DebertaV2Config {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub intermediate_size: usize,
-    #[serde(default = "default_act")]
+    #[serde(default = "super::block::default_act")]
     pub hidden_act: String,
-    #[serde(default = "default_dropout")]
+    #[serde(default = "super::block::default_dropout")]
     pub hidden_dropout_prob: f32,
-    #[serde(default = "default_dropout")]
+    #[serde(default = "super::block::default_dropout")]
     pub attention_probs_dropout_prob: f32,
-    #[serde(default = "default_max_pos")]
+    #[serde(default = "super::block::default_max_pos")]
     pub max_position_embeddings: usize,
     #[serde(default)]
     pub type_vocab_size: usize,
@@ -90,15 +90,6 @@ impl PosAttType {
     }
 }
 
-fn default_act() -> String {
-    "gelu".into()
-}
-fn default_dropout() -> f32 {
-    0.1
-}
-fn default_max_pos() -> usize {
-    512
-}
 fn default_eps() -> f64 {
     1e-7
 }
@@ -132,18 +123,10 @@ impl DebertaV2Config {
     }
 
     fn validate(&self, path: &Path) -> Result<()> {
+        super::block::validate_common(path, self.hidden_size, self.num_attention_heads, &self.hidden_act)?;
         let bad = |m: String| Err(Error::model(path, m));
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
-            return bad(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
-        }
         if self.conv_kernel_size.unwrap_or(0) > 0 {
             return bad("conv_kernel_size > 0 (DeBERTa-v2 x/xxlarge convolution) is not supported".into());
-        }
-        if Activation::from_hf(&self.hidden_act).is_none() {
-            return bad(format!("hidden_act `{}` is not supported (gelu, gelu_new, relu)", self.hidden_act));
         }
         Ok(())
     }
