@@ -343,6 +343,30 @@ def official_checkpoint(span_P):
     print(f"official_tiny.pth: {len(sd)} tensors")
 
 
+def adamw_fixture():
+    """torch.optim.AdamW with clipping and the linear warm-up/decay schedule, 6 steps, two groups."""
+    g = torch.Generator().manual_seed(51)
+    p_decay = torch.nn.Parameter(torch.randn(7, generator=g))
+    p_plain = torch.nn.Parameter(torch.randn(3, generator=g))
+    opt = torch.optim.AdamW([{"params": [p_decay], "weight_decay": 0.01, "lr": 4e-2},
+                             {"params": [p_plain], "weight_decay": 0.0, "lr": 7e-2}])
+    from transformers import get_linear_schedule_with_warmup
+    sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=2, num_training_steps=6)
+    out = {"p_decay.0": p_decay.detach().clone(), "p_plain.0": p_plain.detach().clone()}
+    for step in range(6):
+        gd = 3 * torch.randn(7, generator=g)
+        gp = 3 * torch.randn(3, generator=g)
+        out[f"g_decay.{step}"], out[f"g_plain.{step}"] = gd.clone(), gp.clone()
+        p_decay.grad, p_plain.grad = gd.clone(), gp.clone()
+        torch.nn.utils.clip_grad_norm_([p_decay, p_plain], 1.0)
+        opt.step()
+        sched.step()
+        out[f"p_decay.{step + 1}"] = p_decay.detach().clone()
+        out[f"p_plain.{step + 1}"] = p_plain.detach().clone()
+    save_file(out, os.path.join(OUT, "adamw.safetensors"))
+    print("adamw: 6 steps")
+
+
 def tiny_tokenizer():
     """deberta_v3_tiny_tok/: config.json of deberta_v3_tiny plus a word-level tokenizer.json over its
     97 ids ([PAD] 0, [CLS] 1, [SEP] 2, [UNK] 3, then words), the base folder for import tests."""
@@ -371,5 +395,6 @@ if __name__ == "__main__":
     # the official checkpoint needs a span side whose biaffine reads deberta_v3_tiny's width (32)
     official_checkpoint(span_params(32, 10, 8, 2, 5, seed=33))
     tiny_tokenizer()
+    adamw_fixture()
     if a.minilm:
         minilm(a.minilm)

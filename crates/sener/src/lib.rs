@@ -35,6 +35,7 @@ pub mod nn;
 pub mod official;
 pub mod span;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

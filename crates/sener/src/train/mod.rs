@@ -1,0 +1,3 @@
+//! Training: the paper's optimiser and schedule ([`optim`]).
+
+pub mod optim;
