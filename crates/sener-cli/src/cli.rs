@@ -18,6 +18,8 @@ pub enum Command {
     /// Encode one text with an encoder checkpoint and write its last hidden states
     /// (contextual embeddings of a whole long document).
     Encode(EncodeArgs),
+    /// Fine-tune SeNER (LoRA on the encoder + the span side) with the paper's recipe.
+    Train(TrainArgs),
     /// Turn a released SeNER checkpoint (.pth, official key layout) into a sener model folder.
     ImportOfficial(ImportOfficialArgs),
     /// Band logits (and decoded spans) of SeNER JSON-lines documents, computed as the official
@@ -82,6 +84,65 @@ pub struct EncodeArgs {
     #[arg(long)]
     pub output: PathBuf,
     /// Device: cpu or cuda[:N] (cuda needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// TOML file with any `TrainConfig` keys (flags override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Training data (SeNER JSON lines).
+    #[arg(long)]
+    pub train: Option<PathBuf>,
+    /// Dev data, evaluated after every epoch (best model kept).
+    #[arg(long)]
+    pub dev: Option<PathBuf>,
+    /// Base encoder folder (Hugging Face layout, with tokenizer.json or spm.model).
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// Output model folder.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub micro_batch: Option<usize>,
+    #[arg(long)]
+    pub lr_encoder: Option<f64>,
+    #[arg(long)]
+    pub lr_new: Option<f64>,
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub wwm: Option<f64>,
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// Arrow-attention window (tokens).
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// Span window w′ (words).
+    #[arg(long)]
+    pub span_window: Option<usize>,
+    /// Number of BiSPA blocks (0 = the "w/o BiSPA" ablation).
+    #[arg(long)]
+    pub cnn_depth: Option<usize>,
+    /// Plain sliding-window attention (the "w SWA" ablation).
+    #[arg(long)]
+    pub no_global_cls: bool,
+    /// Labels in logit order (default: sorted labels of the training data).
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Option<Vec<String>>,
+    /// JSON-lines metrics log (default: OUTPUT/../<name>.metrics.jsonl).
+    #[arg(long)]
+    pub metrics_log: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -302,6 +363,7 @@ pub fn parse_device(s: &str) -> Result<candle_core::Device> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Encode(a) => crate::encode::run(crate::encode::EncodeConfig::from_args(a)?),
+        Command::Train(a) => crate::train::run(a),
         Command::ImportOfficial(a) => crate::score::import_official(a),
         Command::Score(a) => crate::score::score(a),
         Command::Convert(a) => crate::data_cmds::convert(a),

@@ -5,6 +5,7 @@ mod cli;
 mod data_cmds;
 mod encode;
 mod score;
+mod train;
 
 use std::process::ExitCode;
 

@@ -1,3 +1,4 @@
-//! Training: the paper's optimiser and schedule ([`optim`]).
+//! Training: the paper's optimiser and schedule ([`optim`]) and the loop ([`trainer`]).
 
 pub mod optim;
+pub mod trainer;

@@ -100,9 +100,16 @@ impl AdamW {
     /// groups' learning rates times `lr_factor`, and counts the step. Parameters without a
     /// gradient are left unchanged (their moments too).
     pub fn step(&mut self, grads: &GradStore, lr_factor: f64) -> Result<StepInfo> {
+        self.step_with(|_, v| grads.get(v).cloned(), lr_factor)
+    }
+
+    /// [`Self::step`] with gradients from any source (e.g. accumulated over micro-batches),
+    /// looked up by parameter name and var.
+    pub fn step_with(&mut self, grad: impl Fn(&str, &Var) -> Option<Tensor>, lr_factor: f64) -> Result<StepInfo> {
+        let grads: Vec<Option<Tensor>> = self.params.iter().map(|p| grad(&p.name, &p.var)).collect();
         let mut sq = 0f64;
-        for p in &self.params {
-            if let Some(g) = grads.get(&p.var) {
+        for g in grads.iter().flatten() {
+            {
                 sq += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
             }
         }
@@ -113,8 +120,8 @@ impl AdamW {
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let bc1 = 1.0 - b1.powi(t);
         let bc2 = 1.0 - b2.powi(t);
-        for p in &mut self.params {
-            let Some(g) = grads.get(&p.var) else { continue };
+        for (p, g) in self.params.iter_mut().zip(grads) {
+            let Some(g) = g else { continue };
             let g = (g * clip)?;
             let grp = &self.groups[p.group];
             let lr = grp.lr * lr_factor;

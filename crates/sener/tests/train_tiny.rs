@@ -1,0 +1,93 @@
+//! End-to-end training on a tiny synthetic task (tiny DeBERTa fixture + word-level tokenizer):
+//! the loss falls, the dev F1 rises, the best model folder is written and loads back.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use sener::span::SpanConfig;
+use sener::train::trainer::{train, TrainConfig};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// Documents of words w4…w60 where "w7 w8 w9" is a `skill` and "w20" a `place`, nested and
+/// repeated at varying positions.
+fn synthetic(n_docs: usize, seed: u64) -> String {
+    let mut out = String::new();
+    let mut x = seed;
+    let mut next = || {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (x >> 33) as usize
+    };
+    for d in 0..n_docs {
+        let mut words: Vec<String> = Vec::new();
+        let mut ents: Vec<String> = Vec::new();
+        while words.len() < 18 {
+            match next() % 5 {
+                0 => {
+                    let s = words.len();
+                    words.extend(["w7", "w8", "w9"].map(String::from));
+                    ents.push(format!("[{s}, {}, [\"w7\", \"w8\", \"w9\"], \"skill\"]", s + 3));
+                }
+                1 => {
+                    let s = words.len();
+                    words.push("w20".into());
+                    ents.push(format!("[{s}, {}, [\"w20\"], \"place\"]", s + 1));
+                }
+                _ => words.push(format!("w{}", 30 + next() % 30)),
+            }
+        }
+        let text: Vec<String> = words.iter().map(|w| format!("\"{w}\"")).collect();
+        out.push_str(&format!("{{\"doc_id\": \"d{d}\", \"text\": [{}], \"entity\": [{}]}}\n", text.join(", "), ents.join(", ")));
+    }
+    out
+}
+
+#[test]
+fn tiny_training_run_learns_and_saves() {
+    let dir = std::env::temp_dir().join(format!("sener-train-{}", std::process::id()));
+    let base = dir.join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("deberta_v3_tiny").join(f), base.join(f)).unwrap();
+    }
+    std::fs::copy(fixture("deberta_v3_tiny_tok/tokenizer.json"), base.join("tokenizer.json")).unwrap();
+    std::fs::write(dir.join("train.jsonl"), synthetic(12, 1)).unwrap();
+    std::fs::write(dir.join("dev.jsonl"), synthetic(6, 2)).unwrap();
+    let cfg = TrainConfig {
+        train: dir.join("train.jsonl"),
+        dev: Some(dir.join("dev.jsonl")),
+        base: base.clone(),
+        output: dir.join("model"),
+        span: SpanConfig { window: 4, biaffine_size: 16, cnn_dim: 8, cnn_depth: 1, ..SpanConfig::default() },
+        lr_new: 1e-2,
+        lr_encoder: 1e-2,
+        batch_size: 4,
+        micro_batch: 2,
+        epochs: 25,
+        warmup: 0.05,
+        wwm: 0.0,
+        ..TrainConfig::default()
+    };
+    let mut log = Vec::new();
+    let report = train(&cfg, &Device::Cpu, &mut log).unwrap();
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let losses: Vec<f64> = lines.iter().filter(|l| l["event"] == "step").map(|l| l["loss"].as_f64().unwrap()).collect();
+    assert_eq!(report.steps, losses.len());
+    assert_eq!(report.steps, 3 * report.epochs, "3 optimiser steps per epoch (12 segments / 4)");
+    assert!(report.epochs < 25, "early stopping (patience 10) should end the run");
+    let first: f64 = losses[..3].iter().sum::<f64>() / 3.0;
+    let last: f64 = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(last < 0.2 * first, "loss {first} → {last}");
+    let f1 = report.best_dev_f1.unwrap();
+    let first_f1 = lines.iter().find(|l| l["event"] == "eval").unwrap()["dev"]["f1"].as_f64().unwrap();
+    // Deterministic run: dev F1 goes from 0.02 after the first epoch to 0.82 (recall 1.0).
+    assert!(first_f1 < 0.2 && f1 > 0.75, "dev F1 {first_f1} → {f1}; log: {lines:?}");
+    // The best model folder loads back and scores the dev set the same.
+    let model = sener::model::Sener::load(&cfg.output, &Device::Cpu).unwrap();
+    assert_eq!(model.config.labels, vec!["place".to_string(), "skill".to_string()]);
+    assert!(cfg.output.join("adapter/adapter_model.safetensors").is_file());
+    std::fs::remove_dir_all(dir).ok();
+}
