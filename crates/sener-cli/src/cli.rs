@@ -18,6 +18,8 @@ pub enum Command {
     /// Encode one text with an encoder checkpoint and write its last hidden states
     /// (contextual embeddings of a whole long document).
     Encode(EncodeArgs),
+    /// Extract entities (exact character offsets) from texts of any length.
+    Extract(ExtractArgs),
     /// Fine-tune SeNER (LoRA on the encoder + the span side) with the paper's recipe.
     Train(TrainArgs),
     /// Turn a released SeNER checkpoint (.pth, official key layout) into a sener model folder.
@@ -84,6 +86,35 @@ pub struct EncodeArgs {
     #[arg(long)]
     pub output: PathBuf,
     /// Device: cpu or cuda[:N] (cuda needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ExtractArgs {
+    /// sener model folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Input files or folders (every file inside); none or '-' reads standard input.
+    pub inputs: Vec<PathBuf>,
+    /// Input format: text (each file is one document) or any reader format (sener, jsonl, conll, …).
+    #[arg(long, default_value = "text")]
+    pub format: String,
+    /// Output: jsonl (one line per document), json (pretty), table.
+    #[arg(long, default_value = "jsonl")]
+    pub output_format: String,
+    /// Decision threshold on the symmetrised probability.
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f32,
+    /// Flat output (no nested entities).
+    #[arg(long)]
+    pub flat: bool,
+    /// Segment length in tokens (default: the model's).
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    /// Subwords shared by consecutive segments.
+    #[arg(long, default_value_t = 0)]
+    pub overlap: usize,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -363,6 +394,7 @@ pub fn parse_device(s: &str) -> Result<candle_core::Device> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Encode(a) => crate::encode::run(crate::encode::EncodeConfig::from_args(a)?),
+        Command::Extract(a) => crate::extract::run(a),
         Command::Train(a) => crate::train::run(a),
         Command::ImportOfficial(a) => crate::score::import_official(a),
         Command::Score(a) => crate::score::score(a),

@@ -4,6 +4,7 @@ mod bench;
 mod cli;
 mod data_cmds;
 mod encode;
+mod extract;
 mod score;
 mod train;
 

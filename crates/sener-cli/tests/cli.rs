@@ -219,3 +219,48 @@ fn import_official_then_score() {
     assert_eq!(again["logits.0"].to_vec3::<f32>().unwrap(), t["logits.0"].to_vec3::<f32>().unwrap());
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn extract_reads_files_and_stdin_and_reports_bad_input() {
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("sener-extract-cli-{}", std::process::id()));
+    let model = dir.join("model");
+    let o = sener(&[
+        "import-official", "--checkpoint", fixture("official_tiny.pth").to_str().unwrap(), "--base",
+        fixture("deberta_v3_tiny_tok").to_str().unwrap(), "--labels", "a,b,c,d,e", "--chunks-size", "4",
+        "--biaffine-size", "10", "--cnn-dim", "8", "--output", model.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let docs = dir.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    let text = "w5 Zoë w6\tw7 日本 w8\nw9 🎉 w10 w11 w12";
+    std::fs::write(docs.join("a.txt"), text).unwrap();
+    std::fs::write(docs.join("b.txt"), "").unwrap();
+    let o = sener(&["extract", "--model", model.to_str().unwrap(), docs.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["entities"].as_array().unwrap().len(), 0);
+    let chars: Vec<char> = text.chars().collect();
+    for e in lines[0]["entities"].as_array().unwrap() {
+        let (s, t) = (e["start"].as_u64().unwrap() as usize, e["end"].as_u64().unwrap() as usize);
+        assert_eq!(chars[s..t].iter().collect::<String>(), e["text"].as_str().unwrap());
+    }
+    // Standard input gives the same entities as the file.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sener"))
+        .args(["extract", "--model", model.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(v["entities"], lines[0]["entities"]);
+    // Invalid UTF-8 is named, not a panic.
+    std::fs::write(docs.join("c.txt"), [0xff, 0xfe, 0x41]).unwrap();
+    let o = sener(&["extract", "--model", model.to_str().unwrap(), docs.join("c.txt").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not valid UTF-8"));
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -27,6 +27,7 @@ pub use sener_data as data;
 
 pub mod decode;
 pub mod encoder;
+pub mod extract;
 pub mod error;
 pub mod mem;
 pub mod metric;

@@ -1,0 +1,151 @@
+//! Entities with exact character offsets from raw text, documents of any length.
+//!
+//! ```no_run
+//! # fn main() -> sener::Result<()> {
+//! let mut ex = sener::extract::Extractor::load(std::path::Path::new("models/sener-scholar-xl"))?;
+//! let out = ex.extract("Jie Tang is a professor at Tsinghua University. His interests include data mining.")?;
+//! for e in &out.entities {
+//!     println!("{} [{}..{}) {:?} {:.2}", e.label, e.start, e.end, e.text, e.score);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! The text is split into words at whitespace (each word keeps its character span), each word is
+//! tokenized alone as the official code does, the document is cut into segments of at most the
+//! model's maximum length (optionally overlapping), every segment runs through the model, spans
+//! are decoded per segment and merged across segments, and word spans are mapped back to the
+//! characters of the original text. Nothing is cut silently: the result says how many segments
+//! were used.
+
+use std::path::Path;
+
+use candle_core::Device;
+use sener_data::align::{align, SpecialTokens, WordTokenizer};
+use sener_data::segment::{segment, SegmentConfig};
+use sener_data::Document;
+
+use crate::decode::{decode_segment, merge_segments, DecodeOptions};
+use crate::model::{Batch, Sener};
+use crate::nn::ForwardCtx;
+use crate::span::SpanModel;
+use crate::{Error, Result};
+
+/// One extracted entity.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Entity {
+    pub label: String,
+    /// Start, in Unicode code points of the input text.
+    pub start: usize,
+    /// End (exclusive), in code points.
+    pub end: usize,
+    /// Start and end in UTF-8 bytes.
+    pub byte_start: usize,
+    pub byte_end: usize,
+    /// `text[start..end]` (code points).
+    pub text: String,
+    /// Symmetrised probability of the span and type.
+    pub score: f32,
+}
+
+/// The result for one text.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Extraction {
+    pub entities: Vec<Entity>,
+    /// Whitespace-separated words in the text.
+    pub words: usize,
+    /// Model segments the text needed.
+    pub segments: usize,
+}
+
+/// Options beside the model's own settings.
+#[derive(Clone, Debug)]
+pub struct ExtractOptions {
+    pub decode: DecodeOptions,
+    /// Segment length in tokens (default: the model's, 5120).
+    pub max_len: Option<usize>,
+    /// Subwords shared by consecutive segments (0: consecutive, as the official code).
+    pub overlap: usize,
+}
+
+impl Default for ExtractOptions {
+    fn default() -> Self {
+        Self { decode: DecodeOptions::default(), max_len: None, overlap: 0 }
+    }
+}
+
+/// A loaded model plus its tokenizer, ready to extract.
+pub struct Extractor {
+    pub model: Sener,
+    tokenizer: WordTokenizer,
+    special: SpecialTokens,
+    pub options: ExtractOptions,
+    device: Device,
+}
+
+impl Extractor {
+    /// Loads a model folder on the CPU.
+    pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_on(dir, &Device::Cpu)
+    }
+
+    /// Loads a model folder on `device`.
+    pub fn load_on(dir: &Path, device: &Device) -> Result<Self> {
+        let model = Sener::load(dir, device)?;
+        let base = model.config.base_dir(dir);
+        let json = base.join("tokenizer.json");
+        let tok = if json.is_file() { WordTokenizer::from_file(&json) } else { WordTokenizer::from_spm(&base.join("spm.model")) }
+            .map_err(|e| Error::Tokenizer { path: base.clone(), message: e.to_string() })?;
+        let special = *tok.special();
+        Ok(Self { model, tokenizer: tok, special, options: ExtractOptions::default(), device: device.clone() })
+    }
+
+    /// Entities of one text (empty or whitespace-only text gives none).
+    pub fn extract(&mut self, text: &str) -> Result<Extraction> {
+        let mut doc = Document::new("input", text);
+        doc.segment_words_whitespace();
+        let words = doc.word_count();
+        if words == 0 {
+            return Ok(Extraction { entities: Vec::new(), words: 0, segments: 0 });
+        }
+        let al = align(&doc, &mut self.tokenizer).map_err(|e| Error::Input(e.to_string()))?;
+        let max_len = self.options.max_len.unwrap_or(self.model.config.max_len);
+        let cfg = SegmentConfig { max_len, overlap: self.options.overlap };
+        let seg = segment(&doc, &al, &[], &self.special, &cfg).map_err(|e| Error::Input(e.to_string()))?;
+        let (w, r) = (self.model.span.config.window, self.model.config.labels.len());
+        let mut per_segment = Vec::with_capacity(seg.segments.len());
+        for s in &seg.segments {
+            let batch = Batch::new(&[(s.input_ids.clone(), s.indexes.clone(), s.n_words)], self.special.pad, &self.device)?;
+            let out = self.model.forward(&batch, &mut ForwardCtx::eval())?;
+            let logits = SpanModel::inference_logits(&out)?.squeeze(0)?.narrow(0, 0, s.n_words)?;
+            let flat: Vec<f32> = logits.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+            let spans = decode_segment(&flat, s.n_words, w, r, &self.options.decode).map_err(|e| Error::Input(e.to_string()))?;
+            per_segment.push((s.word_offset, spans));
+        }
+        let offsets = doc.offsets();
+        let mut entities = Vec::new();
+        for sp in merge_segments(&per_segment) {
+            let span = doc
+                .word_range_chars(sp.start, sp.end + 1)
+                .ok_or_else(|| Error::Input(format!("span {}..{} outside the {words} words", sp.start, sp.end + 1)))?;
+            let (start, end) = (span.start, span.end);
+            let byte_start = offsets.char_to_byte(start).unwrap_or(text.len());
+            let byte_end = offsets.char_to_byte(end).unwrap_or(text.len());
+            entities.push(Entity {
+                label: self.model.config.labels[sp.label].clone(),
+                start,
+                end,
+                byte_start,
+                byte_end,
+                text: text[byte_start..byte_end].to_string(),
+                score: sp.score,
+            });
+        }
+        entities.sort_by(|a, b| (a.start, a.end, &a.label).cmp(&(b.start, b.end, &b.label)));
+        Ok(Extraction { entities, words, segments: seg.segments.len() })
+    }
+
+    /// Entities of several texts.
+    pub fn extract_batch(&mut self, texts: &[&str]) -> Result<Vec<Extraction>> {
+        texts.iter().map(|t| self.extract(t)).collect()
+    }
+}
