@@ -73,6 +73,11 @@ impl ForwardCtx {
         }
     }
 
+    /// A fresh seed from the context's RNG (for ops that generate their own dropout masks).
+    pub fn next_seed(&mut self) -> u64 {
+        self.rng.random()
+    }
+
     /// Softmax over the last dimension.
     pub fn softmax_last(&self, xs: &Tensor) -> Result<Tensor> {
         if self.grad {

@@ -76,6 +76,8 @@ pub struct BiSpaBlock {
     conv2: Var,
     dropout: f32,
     c: usize,
+    /// Use the composite (candle-op) attention even where the fused one applies (tests, A/B).
+    pub force_composite: bool,
 }
 
 impl BiSpaBlock {
@@ -94,6 +96,7 @@ impl BiSpaBlock {
             conv2: v(&[c, c, 3, 3], "conv2.conv2d.weight")?,
             dropout,
             c,
+            force_composite: false,
         })
     }
 
@@ -135,8 +138,34 @@ impl BiSpaBlock {
         ln2.forward(&(y + h)?, ctx)
     }
 
-    /// Single-head attention of every band row over its K cells.
+    /// Single-head attention of every band row over its K cells: the fused row attention for f32
+    /// on the CPU, the composite version (row-chunked) otherwise.
     fn attention(&self, x: &Tensor, qkv: &TrainLinear, valid: &Tensor, rope: &(Tensor, Tensor), ctx: &mut ForwardCtx) -> Result<Tensor> {
+        if x.dtype() == candle_core::DType::F32 && x.device().is_cpu() && !self.force_composite {
+            return self.attention_fused(x, qkv, valid, rope, ctx);
+        }
+        self.attention_composite(x, qkv, valid, rope, ctx)
+    }
+
+    fn attention_fused(&self, x: &Tensor, qkv: &TrainLinear, valid: &Tensor, rope: &(Tensor, Tensor), ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let (b, n, kk, c) = x.dims4()?;
+        let p = qkv.forward(x, ctx)?.clamp(-1e4f32, 1e4f32)?;
+        let q = apply_rope(&p.narrow(3, 0, c)?, &rope.0, &rope.1)?.reshape((b * n, kk, c))?;
+        let k = apply_rope(&p.narrow(3, c, c)?, &rope.0, &rope.1)?.reshape((b * n, kk, c))?;
+        let v = p.narrow(3, 2 * c, c)?.contiguous()?.reshape((b * n, kk, c))?;
+        let mask: Vec<f32> = valid.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+        let dropout = if ctx.train { self.dropout } else { 0.0 };
+        let seed = if dropout > 0.0 { ctx.next_seed() } else { 0 };
+        let op = super::row_attention::RowAttention {
+            valid: std::sync::Arc::new(mask),
+            scale: 1.0 / (c as f32).sqrt(),
+            dropout,
+            seed,
+        };
+        Ok(q.apply_op3(&k, &v, op)?.reshape((b, n, kk, c))?)
+    }
+
+    fn attention_composite(&self, x: &Tensor, qkv: &TrainLinear, valid: &Tensor, rope: &(Tensor, Tensor), ctx: &mut ForwardCtx) -> Result<Tensor> {
         let (_, n, _, c) = x.dims4()?;
         let scale = 1.0 / (c as f64).sqrt();
         let mut outs = Vec::new();

@@ -10,6 +10,7 @@ pub mod biaffine;
 pub mod bispa;
 pub mod loss;
 pub mod pooling;
+pub mod row_attention;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
@@ -100,6 +101,13 @@ impl SpanModel {
     pub fn init(config: SpanConfig, hidden: usize, labels: usize, seed: u64, dtype: DType, dev: &Device) -> Result<Self> {
         let vb = VarBuilder::from_backend(Box::new(SpanInit { seed, hidden, c: config.cnn_dim }), dtype, dev.clone());
         Self::load(&vb, config, hidden, labels)
+    }
+
+    /// Fused row attention in the BiSPA blocks (default on; applies to f32 on the CPU).
+    pub fn set_fused_attention(&mut self, on: bool) {
+        for b in &mut self.blocks {
+            b.force_composite = !on;
+        }
     }
 
     pub fn band(&self) -> Band {
