@@ -131,11 +131,19 @@ impl BiSpaBlock {
         let d = d.broadcast_mul(&row_has_valid)?;
         let ln1 = LayerNorm { weight: ctx.param(&self.ln1.0), bias: ctx.param(&self.ln1.1), eps: 1e-5 };
         let y = ln1.forward(&(x + d)?, ctx)?;
-        let h = conv3x3(&y.broadcast_mul(&valid4)?, &ctx.param(&self.conv1))?.gelu_erf()?;
-        let h = conv3x3(&h.broadcast_mul(&valid4)?, &ctx.param(&self.conv2))?;
+        let h = self.conv(&y.broadcast_mul(&valid4)?, &ctx.param(&self.conv1))?.gelu_erf()?;
+        let h = self.conv(&h.broadcast_mul(&valid4)?, &ctx.param(&self.conv2))?;
         let h = ctx.dropout(&h, self.dropout)?;
         let ln2 = LayerNorm { weight: ctx.param(&self.ln2.0), bias: ctx.param(&self.ln2.1), eps: 1e-5 };
         ln2.forward(&(y + h)?, ctx)
+    }
+
+    /// The 3×3 band convolution: fused op for f32 on the CPU, nine shifted matmuls otherwise.
+    fn conv(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        if x.dtype() == candle_core::DType::F32 && x.device().is_cpu() && !self.force_composite {
+            return Ok(x.contiguous()?.apply_op2(&w.contiguous()?, super::band_conv::BandConv3x3)?);
+        }
+        conv3x3(x, w)
     }
 
     /// Single-head attention of every band row over its K cells: the fused row attention for f32
@@ -227,6 +235,25 @@ mod tests {
         let reference = x.permute((0, 3, 1, 2)).unwrap().contiguous().unwrap().conv2d(&w, 1, 1, 1, 1).unwrap().permute((0, 2, 3, 1)).unwrap();
         let d = (ours - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(d < 1e-4, "{d}");
+    }
+
+    #[test]
+    fn fused_band_conv_matches_shifted_matmuls_forward_and_backward() {
+        use candle_core::Var;
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 6, 7, 5), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 5, 3, 3), &dev).unwrap()).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (2, 6, 7, 4), &dev).unwrap();
+        let fused = x.as_tensor().apply_op2(w.as_tensor(), crate::span::band_conv::BandConv3x3).unwrap();
+        let plain = conv3x3(x.as_tensor(), w.as_tensor()).unwrap();
+        let d = (&fused - &plain).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-4, "forward {d}");
+        let gf = (&fused * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gp = (&plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &w] {
+            let d = (gf.get(v).unwrap() - gp.get(v).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-3, "gradient {d}");
+        }
     }
 
     #[test]

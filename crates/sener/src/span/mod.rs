@@ -6,6 +6,7 @@
 //! labels and the BCE loss; `crate::decode` turns logits into spans.
 
 pub mod band;
+pub mod band_conv;
 pub mod biaffine;
 pub mod bispa;
 pub mod loss;

@@ -1,0 +1,143 @@
+//! Fused 3×3 convolution over the band grid (padding 1, no bias) for f32 on the CPU, with its own
+//! backward. The composite version (`bispa::conv3x3`: nine shifted matmuls) keeps ~27 band-sized
+//! tensors alive per convolution in a gradient pass; this op keeps only its input.
+//!
+//! `x`: `[B, n, K, c_in]`, `w`: `[c_out, c_in, 3, 3]` (torch layout, cross-correlation):
+//! `y[b,i,k,o] = Σ_{dy,dx,a} w[o,a,dy,dx] · x[b, i+dy−1, k+dx−1, a]`.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+pub struct BandConv3x3;
+
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("band conv needs contiguous inputs"),
+    }
+}
+
+/// `w[o,a,dy,dx]` → `[dy][dx][a][o]` (forward) or `[dy][dx][o][a]` (input gradient).
+fn reorder(w: &[f32], co: usize, ci: usize, transpose: bool) -> Vec<f32> {
+    let mut out = vec![0f32; 9 * co * ci];
+    for o in 0..co {
+        for a in 0..ci {
+            for t in 0..9 {
+                let v = w[(o * ci + a) * 9 + t];
+                let idx = if transpose { (t * co + o) * ci + a } else { (t * ci + a) * co + o };
+                out[idx] = v;
+            }
+        }
+    }
+    out
+}
+
+/// Correlation of rows `[B·n, K, cin]` with taps `taps[(dy,dx)][cin][cout]`; `flip` mirrors the
+/// offsets (the input gradient is a correlation with the flipped kernel).
+fn correlate(x: &[f32], taps: &[f32], b: usize, n: usize, kk: usize, cin: usize, cout: usize, flip: bool) -> Vec<f32> {
+    let mut y = vec![0f32; b * n * kk * cout];
+    y.par_chunks_mut(kk * cout).enumerate().for_each(|(row, yr)| {
+        let (bi, i) = (row / n, row % n);
+        for dy in 0..3 {
+            let ii = if flip { i as i64 - dy as i64 + 1 } else { i as i64 + dy as i64 - 1 };
+            if ii < 0 || ii >= n as i64 {
+                continue;
+            }
+            let xr = &x[(bi * n + ii as usize) * kk * cin..][..kk * cin];
+            for dx in 0..3 {
+                let t = &taps[(dy * 3 + dx) * cin * cout..][..cin * cout];
+                for k in 0..kk {
+                    let kx = if flip { k as i64 - dx as i64 + 1 } else { k as i64 + dx as i64 - 1 };
+                    if kx < 0 || kx >= kk as i64 {
+                        continue;
+                    }
+                    let xv = &xr[kx as usize * cin..][..cin];
+                    let yv = &mut yr[k * cout..][..cout];
+                    for (a, &xa) in xv.iter().enumerate() {
+                        if xa == 0.0 {
+                            continue;
+                        }
+                        let ta = &t[a * cout..][..cout];
+                        for o in 0..cout {
+                            yv[o] += xa * ta[o];
+                        }
+                    }
+                }
+            }
+        }
+    });
+    y
+}
+
+impl CustomOp2 for BandConv3x3 {
+    fn name(&self) -> &'static str {
+        "band-conv3x3"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, n, kk, ci) = l1.shape().dims4()?;
+        let (co, ci2, kh, kw) = l2.shape().dims4()?;
+        if (ci2, kh, kw) != (ci, 3, 3) {
+            candle_core::bail!("band conv: input {:?}, weight {:?}", l1.shape(), l2.shape());
+        }
+        let taps = reorder(contiguous(s2, l2)?, co, ci, false);
+        let y = correlate(contiguous(s1, l1)?, &taps, b, n, kk, ci, co, false);
+        Ok((CpuStorage::F32(y), Shape::from((b, n, kk, co))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (b, n, kk, ci) = x.dims4()?;
+        let co = w.dim(0)?;
+        let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let wv: Vec<f32> = w.flatten_all()?.to_vec1()?;
+        let gv: Vec<f32> = g.flatten_all()?.to_vec1()?;
+        // dx: correlation of g with the flipped kernel, channels transposed.
+        let dx = correlate(&gv, &reorder(&wv, co, ci, true), b, n, kk, co, ci, true);
+        // dw[o,a,dy,dx] = Σ g[b,i,k,o] · x[b, i+dy−1, k+dx−1, a], accumulated per row then summed.
+        let dw = (0..b * n)
+            .into_par_iter()
+            .fold(
+                || vec![0f32; co * ci * 9],
+                |mut acc, row| {
+                    let (bi, i) = (row / n, row % n);
+                    let gr = &gv[row * kk * co..][..kk * co];
+                    for dy in 0..3 {
+                        let ii = i as i64 + dy as i64 - 1;
+                        if ii < 0 || ii >= n as i64 {
+                            continue;
+                        }
+                        let xr = &xv[(bi * n + ii as usize) * kk * ci..][..kk * ci];
+                        for dxx in 0..3 {
+                            for k in 0..kk {
+                                let kx = k as i64 + dxx as i64 - 1;
+                                if kx < 0 || kx >= kk as i64 {
+                                    continue;
+                                }
+                                let xa = &xr[kx as usize * ci..][..ci];
+                                let go = &gr[k * co..][..co];
+                                for (o, &gval) in go.iter().enumerate() {
+                                    if gval == 0.0 {
+                                        continue;
+                                    }
+                                    let base = o * ci * 9 + dy * 3 + dxx;
+                                    for (a, &xval) in xa.iter().enumerate() {
+                                        acc[base + a * 9] += gval * xval;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    acc
+                },
+            )
+            .reduce(|| vec![0f32; co * ci * 9], |mut a, b| {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x += y;
+                }
+                a
+            });
+        let dev = x.device();
+        Ok((Some(Tensor::from_vec(dx, (b, n, kk, ci), dev)?), Some(Tensor::from_vec(dw, (co, ci, 3, 3), dev)?)))
+    }
+}
