@@ -131,25 +131,31 @@ impl BiSpaBlock {
         let d = d.broadcast_mul(&row_has_valid)?;
         let ln1 = LayerNorm { weight: ctx.param(&self.ln1.0), bias: ctx.param(&self.ln1.1), eps: 1e-5 };
         let y = ln1.forward(&(x + d)?, ctx)?;
-        let h = self.conv(&y.broadcast_mul(&valid4)?, &ctx.param(&self.conv1))?.gelu_erf()?;
-        let h = self.conv(&h.broadcast_mul(&valid4)?, &ctx.param(&self.conv2))?;
+        let h = self.conv(&y.broadcast_mul(&valid4)?, &ctx.param(&self.conv1), ctx)?.gelu_erf()?;
+        let h = self.conv(&h.broadcast_mul(&valid4)?, &ctx.param(&self.conv2), ctx)?;
         let h = ctx.dropout(&h, self.dropout)?;
         let ln2 = LayerNorm { weight: ctx.param(&self.ln2.0), bias: ctx.param(&self.ln2.1), eps: 1e-5 };
         ln2.forward(&(y + h)?, ctx)
     }
 
-    /// The 3×3 band convolution: fused op for f32 on the CPU, nine shifted matmuls otherwise.
-    fn conv(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        if x.dtype() == candle_core::DType::F32 && x.device().is_cpu() && !self.force_composite {
+    /// Whether the fused ops apply: gradient passes (where they save the kept intermediates) in
+    /// f32 on the CPU. Inference keeps candle's faster matmuls; nothing is kept there anyway.
+    fn fused(&self, x: &Tensor, ctx: &ForwardCtx) -> bool {
+        ctx.grad && x.dtype() == candle_core::DType::F32 && x.device().is_cpu() && !self.force_composite
+    }
+
+    /// The 3×3 band convolution: fused op in gradient passes, nine shifted matmuls otherwise.
+    fn conv(&self, x: &Tensor, w: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        if self.fused(x, ctx) {
             return Ok(x.contiguous()?.apply_op2(&w.contiguous()?, super::band_conv::BandConv3x3)?);
         }
         conv3x3(x, w)
     }
 
-    /// Single-head attention of every band row over its K cells: the fused row attention for f32
-    /// on the CPU, the composite version (row-chunked) otherwise.
+    /// Single-head attention of every band row over its K cells: the fused row attention in
+    /// gradient passes, the composite version (row-chunked) otherwise.
     fn attention(&self, x: &Tensor, qkv: &TrainLinear, valid: &Tensor, rope: &(Tensor, Tensor), ctx: &mut ForwardCtx) -> Result<Tensor> {
-        if x.dtype() == candle_core::DType::F32 && x.device().is_cpu() && !self.force_composite {
+        if self.fused(x, ctx) {
             return self.attention_fused(x, qkv, valid, rope, ctx);
         }
         self.attention_composite(x, qkv, valid, rope, ctx)
