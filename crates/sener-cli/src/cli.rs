@@ -171,6 +171,12 @@ pub struct TrainArgs {
     /// Labels in logit order (default: sorted labels of the training data).
     #[arg(long, value_delimiter = ',')]
     pub labels: Option<Vec<String>>,
+    /// Continue an interrupted run from `<output>.resume/` (same configuration).
+    #[arg(long)]
+    pub resume: bool,
+    /// Write the resume checkpoint every N optimiser steps (and after every epoch).
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
     /// JSON-lines metrics log (default: OUTPUT/../<name>.metrics.jsonl).
     #[arg(long)]
     pub metrics_log: Option<PathBuf>,

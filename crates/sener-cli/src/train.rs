@@ -19,7 +19,8 @@ pub fn config_from(a: &TrainArgs) -> Result<TrainConfig> {
     macro_rules! set {
         ($($field:ident),*) => { $( if let Some(v) = a.$field.clone() { c.$field = v; } )* };
     }
-    set!(train, base, output, epochs, batch_size, micro_batch, lr_encoder, lr_new, max_len, seed, wwm, patience);
+    set!(train, base, output, epochs, batch_size, micro_batch, lr_encoder, lr_new, max_len, seed, wwm, patience, checkpoint_every);
+    c.resume |= a.resume;
     if a.dev.is_some() {
         c.dev = a.dev.clone();
     }
@@ -58,7 +59,15 @@ pub fn run(a: TrainArgs) -> Result<()> {
     std::fs::create_dir_all(&parent).ok();
     std::fs::write(parent.join(format!("{name}.train.json")), &json).context("writing the training config")?;
     let log_path = a.metrics_log.clone().unwrap_or_else(|| parent.join(format!("{name}.metrics.jsonl")));
-    let mut log = std::io::BufWriter::new(std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?);
+    // A resumed run appends to its log; line-buffered so that a killed run's log is complete.
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(cfg.resume)
+        .write(true)
+        .truncate(!cfg.resume)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let mut log = std::io::LineWriter::new(file);
     let report = train(&cfg, &device, &mut log).context("training")?;
     eprintln!("{}", serde_json::to_string_pretty(&report)?);
     eprintln!("model -> {}, metrics -> {}", out.display(), log_path.display());

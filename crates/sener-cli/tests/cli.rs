@@ -264,3 +264,84 @@ fn extract_reads_files_and_stdin_and_reports_bad_input() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("not valid UTF-8"));
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// A training run killed with SIGKILL mid-run and resumed ends with exactly the weights of an
+/// uninterrupted run (tiny DeBERTa fixture, synthetic data).
+#[test]
+fn train_killed_and_resumed_equals_uninterrupted() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = std::env::temp_dir().join(format!("sener-resume-{}", std::process::id()));
+    let base = dir.join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("deberta_v3_tiny").join(f), base.join(f)).unwrap();
+    }
+    std::fs::copy(fixture("deberta_v3_tiny_tok/tokenizer.json"), base.join("tokenizer.json")).unwrap();
+    let mut lines = String::new();
+    for d in 0..12 {
+        let words: Vec<String> = (0..16).map(|i| format!("w{}", 4 + (d * 7 + i * 3) % 60)).collect();
+        let text: Vec<String> = words.iter().map(|w| format!("\"{w}\"")).collect();
+        let s = d % 10;
+        let q = |a: usize, b: usize| text[a..b].join(", ");
+        lines.push_str(&format!(
+            "{{\"doc_id\": \"d{d}\", \"text\": [{}], \"entity\": [[{s}, {}, [{}], \"x\"], [{}, {}, [{}], \"y\"]]}}\n",
+            text.join(", "),
+            s + 2,
+            q(s, s + 2),
+            s + 3,
+            s + 4,
+            q(s + 3, s + 4)
+        ));
+    }
+    std::fs::write(dir.join("train.jsonl"), &lines).unwrap();
+    let config = |name: &str| -> PathBuf {
+        let p = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "train = {:?}\ndev = {:?}\nbase = {:?}\noutput = {:?}\nlr_new = 0.01\nlr_encoder = 0.01\nbatch_size = 4\n\
+                 micro_batch = 2\nepochs = 10\nwarmup = 0.05\ncheckpoint_every = 1\n[span]\nwindow = 4\nbiaffine_size = 16\ncnn_dim = 8\ncnn_depth = 1\n",
+                dir.join("train.jsonl"),
+                dir.join("train.jsonl"),
+                base,
+                dir.join(name).join("model")
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let (a, b) = (config("a"), config("b"));
+    let o = sener(&["train", "--config", a.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sener"))
+        .args(["train", "--config", b.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = dir.join("b/model.metrics.jsonl");
+    let started = std::time::Instant::now();
+    loop {
+        let steps = std::fs::read_to_string(&log).unwrap_or_default().lines().filter(|l| l.contains("\"step\"") && l.contains("\"event\":\"step\"")).count();
+        if steps >= 4 {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 120, "run b made no progress");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(9), "run b must be killed mid-run, not finish (status {status:?})");
+    let o = sener(&["train", "--config", b.to_str().unwrap(), "--resume"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read_to_string(&log).unwrap().contains("\"event\":\"resume\""));
+
+    let pa = candle_core::safetensors::load(dir.join("a/model.resume/params.safetensors"), &Device::Cpu).unwrap();
+    let pb = candle_core::safetensors::load(dir.join("b/model.resume/params.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(pa.len(), pb.len());
+    for (name, ta) in &pa {
+        let (x, y): (Vec<f32>, Vec<f32>) = (ta.flatten_all().unwrap().to_vec1().unwrap(), pb[name].flatten_all().unwrap().to_vec1().unwrap());
+        assert_eq!(x, y, "{name} differs after resume");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}

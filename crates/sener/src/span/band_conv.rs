@@ -95,11 +95,15 @@ impl CustomOp2 for BandConv3x3 {
         // dx: correlation of g with the flipped kernel, channels transposed.
         let dx = correlate(&gv, &reorder(&wv, co, ci, true), b, n, kk, co, ci, true);
         // dw[o,a,dy,dx] = Σ g[b,i,k,o] · x[b, i+dy−1, k+dx−1, a], accumulated per row then summed.
-        let dw = (0..b * n)
+        // Partial sums over fixed blocks of rows, added in block order: deterministic whatever
+        // the thread scheduling (a resumed run must reproduce an uninterrupted one bit for bit).
+        const ROWS: usize = 16;
+        let rows = b * n;
+        let partials: Vec<Vec<f32>> = (0..rows.div_ceil(ROWS))
             .into_par_iter()
-            .fold(
-                || vec![0f32; co * ci * 9],
-                |mut acc, row| {
+            .map(|blk| {
+                let mut acc = vec![0f32; co * ci * 9];
+                for row in blk * ROWS..((blk + 1) * ROWS).min(rows) {
                     let (bi, i) = (row / n, row % n);
                     let gr = &gv[row * kk * co..][..kk * co];
                     for dy in 0..3 {
@@ -128,15 +132,16 @@ impl CustomOp2 for BandConv3x3 {
                             }
                         }
                     }
-                    acc
-                },
-            )
-            .reduce(|| vec![0f32; co * ci * 9], |mut a, b| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x += y;
                 }
-                a
-            });
+                acc
+            })
+            .collect();
+        let mut dw = vec![0f32; co * ci * 9];
+        for p in partials {
+            for (x, y) in dw.iter_mut().zip(p) {
+                *x += y;
+            }
+        }
         let dev = x.device();
         Ok((Some(Tensor::from_vec(dx, (b, n, kk, ci), dev)?), Some(Tensor::from_vec(dw, (co, ci, 3, 3), dev)?)))
     }

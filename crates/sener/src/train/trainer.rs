@@ -3,8 +3,13 @@
 //! after every epoch with the official decoding and metric; the best model kept (written
 //! atomically: temporary folder, then rename); early stopping; a JSON-lines metrics log.
 //!
-//! Not yet here (issue 5): exact resume after a kill (the optimiser state can be saved and
-//! restored, data order and RNG are not yet checkpointed), Ctrl-C handling, progress bars.
+//! Resuming: every `checkpoint_every` optimiser steps and after every epoch the run writes
+//! `<output>.resume/` atomically (trainable tensors, AdamW moments, step, epoch and position in
+//! the epoch's deterministic batch order, both RNG states, best dev F1). `resume = true` continues
+//! from it exactly: a run killed at any moment and resumed ends with the same weights as an
+//! uninterrupted one.
+//!
+//! Not yet here (issue 5): Ctrl-C handling, progress bars.
 //!
 //! Memory: a gradient pass keeps BiSPA's `[rows, K, K]` attention scores and ~11 derived tensors
 //! per view and block alive (≈ 12.7 MB per word at K = 257, c = 32; measured 0.7 GB forward +
@@ -75,6 +80,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Stop after this many optimiser steps (smoke runs).
     pub max_steps: Option<usize>,
+    /// Write the resume checkpoint every this many optimiser steps (and after every epoch).
+    pub checkpoint_every: usize,
+    /// Continue from `<output>.resume/` when it exists.
+    pub resume: bool,
 }
 
 impl Default for TrainConfig {
@@ -101,6 +110,8 @@ impl Default for TrainConfig {
             max_len: 5120,
             seed: 42,
             max_steps: None,
+            checkpoint_every: 50,
+            resume: false,
         }
     }
 }
@@ -211,6 +222,68 @@ fn save_atomic(model: &Sener, dir: &Path) -> Result<()> {
     std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
 }
 
+/// Where a run stands, saved with its tensors in `<output>.resume/`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ResumeState {
+    /// Epoch to continue in.
+    epoch: usize,
+    /// First micro-batch of that epoch not yet trained on.
+    next_micro: usize,
+    step: usize,
+    best: Option<(usize, f64)>,
+    /// (seed, word position) of the masking RNG and of the dropout RNG.
+    mask_rng: (Vec<u8>, String),
+    ctx_rng: (Vec<u8>, String),
+    /// The config the run started with (resuming with another one is refused).
+    config: serde_json::Value,
+}
+
+fn rng_state(r: &ChaCha8Rng) -> (Vec<u8>, String) {
+    (r.get_seed().to_vec(), r.get_word_pos().to_string())
+}
+
+fn rng_from(s: &(Vec<u8>, String), path: &Path) -> Result<ChaCha8Rng> {
+    let seed: [u8; 32] = s.0.clone().try_into().map_err(|_| Error::model(path, "bad RNG seed in state.json"))?;
+    let pos: u128 = s.1.parse().map_err(|_| Error::model(path, "bad RNG position in state.json"))?;
+    let mut r = ChaCha8Rng::from_seed(seed);
+    r.set_word_pos(pos);
+    Ok(r)
+}
+
+fn resume_dir(cfg: &TrainConfig) -> PathBuf {
+    let mut name = cfg.output.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "model".into());
+    name.push(".resume");
+    cfg.output.with_file_name(name)
+}
+
+/// The config fields that must not change across a resume.
+fn resume_key(cfg: &TrainConfig) -> serde_json::Value {
+    let mut v = serde_json::to_value(cfg).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        for k in ["resume", "checkpoint_every", "output"] {
+            o.remove(k);
+        }
+    }
+    v
+}
+
+fn save_resume(dir: &Path, model: &Sener, opt: &AdamW, state: &ResumeState) -> Result<()> {
+    let tmp = dir.with_extension("resume-tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let params: HashMap<String, Tensor> = model.trainable().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+    candle_core::safetensors::save(&params, tmp.join("params.safetensors")).map_err(|e| Error::model(&tmp, e.to_string()))?;
+    candle_core::safetensors::save(&opt.state_tensors(), tmp.join("optim.safetensors")).map_err(|e| Error::model(&tmp, e.to_string()))?;
+    let json = serde_json::to_string_pretty(state).map_err(|e| Error::Json { path: tmp.clone(), message: e.to_string() })?;
+    std::fs::write(tmp.join("state.json"), json).map_err(|e| Error::io(&tmp, e))?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+}
+
 /// Runs training; `log` receives one JSON line per optimiser step and per evaluation.
 pub fn train(cfg: &TrainConfig, device: &Device, log: &mut dyn Write) -> Result<TrainReport> {
     let t0 = Instant::now();
@@ -282,7 +355,42 @@ pub fn train(cfg: &TrainConfig, device: &Device, log: &mut dyn Write) -> Result<
     let mut last_loss = f64::NAN;
     let mut epochs_run = 0;
     let accum = cfg.batch_size / cfg.micro_batch;
-    'epochs: for epoch in 0..cfg.epochs {
+    let rdir = resume_dir(cfg);
+    let (mut start_epoch, mut start_micro) = (0, 0);
+    if cfg.resume && rdir.join("state.json").is_file() {
+        let sp = rdir.join("state.json");
+        let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
+        let st: ResumeState = serde_json::from_str(&text).map_err(|e| Error::Json { path: sp.clone(), message: e.to_string() })?;
+        if st.config != resume_key(cfg) {
+            return Err(Error::model(&sp, "the run being resumed used a different configuration"));
+        }
+        let params = candle_core::safetensors::load(rdir.join("params.safetensors"), device)
+            .map_err(|e| Error::model(&rdir, e.to_string()))?;
+        for (name, var) in model.trainable() {
+            let t = params.get(&name).ok_or_else(|| Error::Weight { path: rdir.clone(), name: name.clone(), message: "missing".into() })?;
+            var.set(t)?;
+        }
+        let ost = candle_core::safetensors::load(rdir.join("optim.safetensors"), device).map_err(|e| Error::model(&rdir, e.to_string()))?;
+        opt.load_state(&ost, st.step, &rdir)?;
+        rng = rng_from(&st.mask_rng, &sp)?;
+        ctx.set_rng(rng_from(&st.ctx_rng, &sp)?);
+        best = st.best;
+        start_epoch = st.epoch;
+        start_micro = st.next_micro;
+        writeln!(log, "{}", serde_json::json!({"event": "resume", "epoch": st.epoch, "next_micro": st.next_micro, "step": st.step}))
+            .map_err(|e| Error::io("metrics log", e))?;
+    }
+    let key = resume_key(cfg);
+    let snapshot = |epoch: usize, next_micro: usize, step: usize, best: Option<(usize, f64)>, rng: &ChaCha8Rng, ctx: &ForwardCtx| ResumeState {
+        epoch,
+        next_micro,
+        step,
+        best,
+        mask_rng: rng_state(rng),
+        ctx_rng: rng_state(ctx.rng()),
+        config: key.clone(),
+    };
+    'epochs: for epoch in start_epoch..cfg.epochs {
         epochs_run = epoch + 1;
         let lengths: Vec<usize> = train_split.examples.iter().map(|e| e.seg.input_ids.len()).collect();
         let micro = length_batches(&lengths, cfg.micro_batch, Some(cfg.seed.wrapping_add(epoch as u64)))
@@ -290,7 +398,8 @@ pub fn train(cfg: &TrainConfig, device: &Device, log: &mut dyn Write) -> Result<
         let mut acc: HashMap<String, Tensor> = HashMap::new();
         let mut acc_loss = 0.0;
         let mut in_acc = 0;
-        for (mi, idxs) in micro.iter().enumerate() {
+        let skip = if epoch == start_epoch { start_micro } else { 0 };
+        for (mi, idxs) in micro.iter().enumerate().skip(skip) {
             let rows: Vec<(Vec<u32>, Vec<u32>, usize)> = idxs
                 .iter()
                 .map(|&i| {
@@ -333,6 +442,9 @@ pub fn train(cfg: &TrainConfig, device: &Device, log: &mut dyn Write) -> Result<
                 acc.clear();
                 acc_loss = 0.0;
                 in_acc = 0;
+                if cfg.checkpoint_every > 0 && opt.step % cfg.checkpoint_every == 0 {
+                    save_resume(&rdir, &model, &opt, &snapshot(epoch, mi + 1, opt.step, best, &rng, &ctx))?;
+                }
                 if opt.step >= total {
                     break 'epochs;
                 }
@@ -343,12 +455,19 @@ pub fn train(cfg: &TrainConfig, device: &Device, log: &mut dyn Write) -> Result<
             let f1 = m.micro.f1;
             let line = serde_json::json!({"event": "eval", "epoch": epoch, "step": opt.step, "dev": m.micro});
             writeln!(log, "{line}").map_err(|e| Error::io("metrics log", e))?;
+            let mut stop = false;
             if best.is_none_or(|(_, b)| f1 > b) {
                 best = Some((epoch, f1));
                 save_atomic(&model, &cfg.output)?;
             } else if best.is_some_and(|(be, _)| epoch - be >= cfg.patience) {
+                stop = true;
+            }
+            save_resume(&rdir, &model, &opt, &snapshot(epoch + 1, 0, opt.step, best, &rng, &ctx))?;
+            if stop {
                 break;
             }
+        } else {
+            save_resume(&rdir, &model, &opt, &snapshot(epoch + 1, 0, opt.step, best, &rng, &ctx))?;
         }
     }
     if dev_split.is_none() || best.is_none() {
