@@ -18,6 +18,9 @@ pub enum Command {
     /// Encode one text with an encoder checkpoint and write its last hidden states
     /// (contextual embeddings of a whole long document).
     Encode(EncodeArgs),
+    /// Micro / per-type / per-length P/R/F1 of a model (or of a predictions file) against SeNER
+    /// JSON-lines gold data, with the official metric.
+    Eval(EvalArgs),
     /// Extract entities (exact character offsets) from texts of any length.
     Extract(ExtractArgs),
     /// Fine-tune SeNER (LoRA on the encoder + the span side) with the paper's recipe.
@@ -86,6 +89,32 @@ pub struct EncodeArgs {
     #[arg(long)]
     pub output: PathBuf,
     /// Device: cpu or cuda[:N] (cuda needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("predictions").required(true).args(["model", "pred"])))]
+pub struct EvalArgs {
+    /// Gold data (SeNER JSON lines).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Model folder to run on the data.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Predictions instead of a model: JSON lines `{"doc_id", "entity": [[start, end_excl, label], …]}`
+    /// (what `sener score --decoded` writes), matched to the gold documents by doc_id.
+    #[arg(long)]
+    pub pred: Option<PathBuf>,
+    /// Span window used to count unreachable gold entities (default: the model's, else 128).
+    #[arg(long)]
+    pub span_window: Option<usize>,
+    /// Write the full result as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write a Markdown report here.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -400,6 +429,7 @@ pub fn parse_device(s: &str) -> Result<candle_core::Device> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Encode(a) => crate::encode::run(crate::encode::EncodeConfig::from_args(a)?),
+        Command::Eval(a) => crate::score::eval(a),
         Command::Extract(a) => crate::extract::run(a),
         Command::Train(a) => crate::train::run(a),
         Command::ImportOfficial(a) => crate::score::import_official(a),

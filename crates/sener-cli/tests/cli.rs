@@ -212,6 +212,13 @@ fn import_official_then_score() {
         assert!(b < e && e <= 9 && e - b <= 5, "{s}");
         assert!(["a", "b", "c", "d", "e"].contains(&s[2].as_str().unwrap()));
     }
+    // `eval --model` scores the model's own decoding: identical to `eval --pred` on score's output.
+    let (ja, jb) = (dir.join("eval_model.json"), dir.join("eval_pred.json"));
+    let o = sener(&["eval", "--data", input.to_str().unwrap(), "--model", model.to_str().unwrap(), "--json", ja.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = sener(&["eval", "--data", input.to_str().unwrap(), "--pred", decoded.to_str().unwrap(), "--span-window", "4", "--json", jb.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(&ja).unwrap(), std::fs::read_to_string(&jb).unwrap());
     // The same documents scored again give bit-identical logits.
     let o = sener(&["score", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", dir.join("again.safetensors").to_str().unwrap()]);
     assert!(o.status.success());
@@ -343,5 +350,47 @@ fn train_killed_and_resumed_equals_uninterrupted() {
         let (x, y): (Vec<f32>, Vec<f32>) = (ta.flatten_all().unwrap().to_vec1().unwrap(), pb[name].flatten_all().unwrap().to_vec1().unwrap());
         assert_eq!(x, y, "{name} differs after resume");
     }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// `sener eval --pred` on a hand-computed example (duplicates removed per document, exact
+/// (start, end, type) matches, micro and per-type numbers).
+#[test]
+fn eval_predictions_match_hand_computed_metric() {
+    let dir = std::env::temp_dir().join(format!("sener-eval-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let gold = dir.join("gold.jsonl");
+    std::fs::write(
+        &gold,
+        "{\"doc_id\": \"a\", \"text\": [\"A\", \"B\", \"C\", \"D\", \"E\", \"F\"], \"entity\": [[0, 2, [\"A\", \"B\"], \"x\"], [3, 4, [\"D\"], \"y\"], [3, 4, [\"D\"], \"y\"]]}\n\
+         {\"doc_id\": \"b\", \"text\": [\"G\", \"H\", \"I\", \"J\"], \"entity\": [[1, 3, [\"H\", \"I\"], \"x\"]]}\n",
+    )
+    .unwrap();
+    let pred = dir.join("pred.jsonl");
+    std::fs::write(
+        &pred,
+        "{\"doc_id\": \"b\", \"entity\": [[1, 3, \"x\"], [1, 3, \"x\"]]}\n{\"doc_id\": \"a\", \"entity\": [[0, 2, \"x\"], [3, 4, \"x\"], [5, 6, \"y\"]]}\n",
+    )
+    .unwrap();
+    let json = dir.join("r.json");
+    let o = sener(&["eval", "--data", gold.to_str().unwrap(), "--pred", pred.to_str().unwrap(), "--json", json.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    // gold {a:(0,1,x),(3,3,y); b:(1,2,x)} = 3, pred {a:(0,1,x),(3,3,x),(5,5,y); b:(1,2,x)} = 4, correct 2
+    let m = &r["micro"];
+    assert_eq!((m["gold"].as_u64(), m["pred"].as_u64(), m["tp"].as_u64()), (Some(3), Some(4), Some(2)));
+    assert!((m["precision"].as_f64().unwrap() - 0.5).abs() < 1e-12);
+    assert!((m["recall"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12);
+    assert!((m["f1"].as_f64().unwrap() - 4.0 / 7.0).abs() < 1e-12);
+    assert!((r["per_type"]["x"]["f1"].as_f64().unwrap() - 0.8).abs() < 1e-12);
+    assert_eq!(r["per_type"]["y"]["tp"].as_u64(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("| **micro** | 50.00 | 66.67 | 57.14 | 3 | 4 | 2 |"));
+    // A prediction for an unknown document, or a malformed span, is an error naming it.
+    std::fs::write(&pred, "{\"doc_id\": \"zzz\", \"entity\": []}\n").unwrap();
+    let o = sener(&["eval", "--data", gold.to_str().unwrap(), "--pred", pred.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("zzz"));
+    std::fs::write(&pred, "{\"doc_id\": \"a\", \"entity\": [[3, 3, \"x\"]]}\n").unwrap();
+    let o = sener(&["eval", "--data", gold.to_str().unwrap(), "--pred", pred.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("pred.jsonl:1: field `entity[0]`"), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::remove_dir_all(dir).ok();
 }
