@@ -207,7 +207,38 @@ fn evaluate(model: &Sener, split: &Split, labels: &[String], pad: u32, dev: &Dev
     Ok(scorer.result())
 }
 
-/// Writes the model into `dir` atomically (temporary sibling folder, then rename).
+/// Puts the complete folder `tmp` in place of `dir` without a moment where neither exists:
+/// `dir` → `dir.old`, `tmp` → `dir`, then `dir.old` is removed. A kill at any point leaves a
+/// complete `dir`, `tmp` or `dir.old` behind ([`complete_dir`] finds it).
+fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
+    let old = sibling(dir, ".old");
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(tmp, dir).map_err(|e| Error::io(dir, e))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
+}
+
+/// The newest complete copy of a folder written with [`replace_dir`]: `dir`, else the temporary
+/// one if its marker file (written last) exists, else `dir.old`.
+fn complete_dir(dir: &Path, tmp: &Path, marker: &str) -> Option<PathBuf> {
+    [dir.to_path_buf(), tmp.to_path_buf(), sibling(dir, ".old")].into_iter().find(|d| d.join(marker).is_file())
+}
+
+/// `dir` with `suffix` appended to its last component (`models/x` → `models/x.old`).
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "model".into());
+    name.push(suffix);
+    dir.with_file_name(name)
+}
+
+/// Writes the model into `dir` atomically (temporary sibling folder, then [`replace_dir`]).
 fn save_atomic(model: &Sener, dir: &Path) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
@@ -216,10 +247,7 @@ fn save_atomic(model: &Sener, dir: &Path) -> Result<()> {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     model.save(&tmp)?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+    replace_dir(&tmp, dir)
 }
 
 /// Where a run stands, saved with its tensors in `<output>.resume/`.
@@ -268,7 +296,7 @@ fn resume_key(cfg: &TrainConfig) -> serde_json::Value {
 }
 
 fn save_resume(dir: &Path, model: &Sener, opt: &AdamW, state: &ResumeState) -> Result<()> {
-    let tmp = dir.with_extension("resume-tmp");
+    let tmp = sibling(dir, ".tmp");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
@@ -277,11 +305,9 @@ fn save_resume(dir: &Path, model: &Sener, opt: &AdamW, state: &ResumeState) -> R
     candle_core::safetensors::save(&params, tmp.join("params.safetensors")).map_err(|e| Error::model(&tmp, e.to_string()))?;
     candle_core::safetensors::save(&opt.state_tensors(), tmp.join("optim.safetensors")).map_err(|e| Error::model(&tmp, e.to_string()))?;
     let json = serde_json::to_string_pretty(state).map_err(|e| Error::Json { path: tmp.clone(), message: e.to_string() })?;
+    // state.json last: its presence marks a complete checkpoint.
     std::fs::write(tmp.join("state.json"), json).map_err(|e| Error::io(&tmp, e))?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+    replace_dir(&tmp, dir)
 }
 
 /// Runs training; `log` receives one JSON line per optimiser step and per evaluation.
@@ -357,7 +383,8 @@ pub fn train(cfg: &TrainConfig, device: &Device, log: &mut dyn Write) -> Result<
     let accum = cfg.batch_size / cfg.micro_batch;
     let rdir = resume_dir(cfg);
     let (mut start_epoch, mut start_micro) = (0, 0);
-    if cfg.resume && rdir.join("state.json").is_file() {
+    let found = if cfg.resume { complete_dir(&rdir, &sibling(&rdir, ".tmp"), "state.json") } else { None };
+    if let Some(rdir) = found {
         let sp = rdir.join("state.json");
         let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
         let st: ResumeState = serde_json::from_str(&text).map_err(|e| Error::Json { path: sp.clone(), message: e.to_string() })?;
@@ -483,4 +510,41 @@ pub fn train(cfg: &TrainConfig, device: &Device, log: &mut dyn Write) -> Result<
         final_loss: last_loss,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_complete_checkpoint_survives_a_kill_at_any_point_of_the_replace() {
+        let root = std::env::temp_dir().join(format!("sener-replace-{}", std::process::id()));
+        let dir = root.join("m.resume");
+        let tmp = sibling(&dir, ".tmp");
+        let write = |d: &Path, v: &str| {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("state.json"), v).unwrap();
+        };
+        let found = |want: &str| {
+            let d = complete_dir(&dir, &tmp, "state.json").expect("a complete checkpoint");
+            assert_eq!(std::fs::read_to_string(d.join("state.json")).unwrap(), want);
+        };
+        write(&dir, "1");
+        found("1");
+        // killed while writing the new one: tmp has no marker yet → the old one is used
+        std::fs::create_dir_all(&tmp).unwrap();
+        found("1");
+        write(&tmp, "2");
+        // killed after dir → dir.old, before tmp → dir
+        std::fs::rename(&dir, sibling(&dir, ".old")).unwrap();
+        found("2");
+        std::fs::remove_dir_all(&tmp).unwrap();
+        found("1"); // only dir.old left
+        // a full replace leaves exactly the new folder
+        write(&tmp, "3");
+        replace_dir(&tmp, &dir).unwrap();
+        found("3");
+        assert!(!tmp.exists() && !sibling(&dir, ".old").exists());
+        std::fs::remove_dir_all(root).ok();
+    }
 }
