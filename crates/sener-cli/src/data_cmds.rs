@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use sener_data::align::{align, WordTokenizer};
 use sener_data::readers::{self, Format, ReadResult};
 use sener_data::segment::{segment, SegmentConfig};
@@ -43,18 +43,6 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
     Ok(())
 }
 
-fn tokenizer(dir: &Path) -> Result<WordTokenizer> {
-    let json = if dir.is_dir() { dir.join("tokenizer.json") } else { dir.to_path_buf() };
-    if json.is_file() && json.extension().is_some_and(|e| e == "json") {
-        return Ok(WordTokenizer::from_file(&json)?);
-    }
-    let spm = if dir.is_dir() { dir.join("spm.model") } else { dir.to_path_buf() };
-    if spm.is_file() {
-        return Ok(WordTokenizer::from_spm(&spm)?);
-    }
-    bail!("{}: no tokenizer.json or spm.model", dir.display())
-}
-
 pub fn stats(a: StatsArgs) -> Result<()> {
     let format: Format = a.format.parse()?;
     let mut docs = Vec::new();
@@ -67,7 +55,7 @@ pub fn stats(a: StatsArgs) -> Result<()> {
     print_report("read", &report);
     let mut s = Stats::of_documents(&docs, a.span_window)?;
     if let Some(dir) = &a.tokenizer {
-        let mut tok = tokenizer(dir)?;
+        let mut tok = WordTokenizer::from_path(dir)?;
         let special = *tok.special();
         let cfg = SegmentConfig { max_len: a.max_len, overlap: 0 };
         for d in &docs {

@@ -6,13 +6,12 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
-use sener::decode::{decode_segment, merge_segments, DecodeOptions};
+use candle_core::Tensor;
+use sener::decode::{merge_segments, DecodeOptions};
 use sener::encoder::ArrowConfig;
-use sener::model::{Batch, Sener};
-use sener::nn::ForwardCtx;
+use sener::model::Sener;
 use sener::official::{import, task_labels, ImportOptions};
-use sener::span::{SpanConfig, SpanModel};
+use sener::span::SpanConfig;
 use sener_data::align::{align, WordTokenizer};
 use sener_data::readers::{self, Format};
 use sener_data::segment::{segment, SegmentConfig};
@@ -55,15 +54,7 @@ pub fn import_official(a: ImportOfficialArgs) -> Result<()> {
 }
 
 fn word_tokenizer(dir: &Path) -> Result<WordTokenizer> {
-    let json = dir.join("tokenizer.json");
-    if json.is_file() {
-        return Ok(WordTokenizer::from_file(&json)?);
-    }
-    let spm = dir.join("spm.model");
-    if spm.is_file() {
-        return Ok(WordTokenizer::from_spm(&spm)?);
-    }
-    bail!("{}: no tokenizer.json or spm.model for the encoder", dir.display())
+    WordTokenizer::from_path(dir).with_context(|| format!("loading the encoder's tokenizer from {}", dir.display()))
 }
 
 pub fn score(a: ScoreArgs) -> Result<()> {
@@ -74,7 +65,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     let read = readers::read_path(Format::Sener, &a.input).with_context(|| format!("reading {}", a.input.display()))?;
     crate::data_cmds::print_report("read", &read.report);
     let cfg = SegmentConfig::new(a.max_len.unwrap_or(model.config.max_len));
-    let (w, r) = (model.span.config.window, model.config.labels.len());
+    let w = model.span.config.window;
     let opts = DecodeOptions::default();
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let mut decoded_out = match &a.decoded {
@@ -89,11 +80,8 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         too_long += we.iter().filter(|e| e.end - e.start > w + 1).count();
         let mut per_segment = Vec::new();
         for (si, s) in seg.segments.iter().enumerate() {
-            let batch = Batch::new(&[(s.input_ids.clone(), s.indexes.clone(), s.n_words)], special.pad, &dev)?;
-            let out = model.forward(&batch, &mut ForwardCtx::eval())?;
-            let logits = SpanModel::inference_logits(&out)?.squeeze(0)?.narrow(0, 0, s.n_words)?.to_device(&Device::Cpu)?;
-            let flat: Vec<f32> = logits.flatten_all()?.to_vec1()?;
-            per_segment.push((s.word_offset, decode_segment(&flat, s.n_words, w, r, &opts)?));
+            let (logits, spans) = model.predict_segment(s, special.pad, &opts)?;
+            per_segment.push((s.word_offset, spans));
             let name = if si == 0 { format!("logits.{line}") } else { format!("logits.{line}.{si}") };
             tensors.insert(name, logits);
         }
@@ -120,22 +108,17 @@ pub fn score(a: ScoreArgs) -> Result<()> {
 }
 
 /// Decoded word spans `(start, end_inclusive, label)` of every document of `docs`.
-fn predict(model: &Sener, model_dir: &Path, docs: &[sener_data::Document], device: &Device) -> Result<Vec<Vec<(usize, usize, String)>>> {
+fn predict(model: &Sener, model_dir: &Path, docs: &[sener_data::Document]) -> Result<Vec<Vec<(usize, usize, String)>>> {
     let mut tok = word_tokenizer(&model.config.base_dir(model_dir))?;
     let special = *tok.special();
     let cfg = SegmentConfig::new(model.config.max_len);
-    let (w, r) = (model.span.config.window, model.config.labels.len());
     let mut out = Vec::with_capacity(docs.len());
     for doc in docs {
         let al = align(doc, &mut tok).with_context(|| format!("tokenizing document {}", doc.id))?;
         let seg = segment(doc, &al, &[], &special, &cfg)?;
         let mut per_segment = Vec::new();
         for s in &seg.segments {
-            let batch = Batch::new(&[(s.input_ids.clone(), s.indexes.clone(), s.n_words)], special.pad, device)?;
-            let outp = model.forward(&batch, &mut ForwardCtx::eval())?;
-            let logits = SpanModel::inference_logits(&outp)?.squeeze(0)?.narrow(0, 0, s.n_words)?.to_device(&Device::Cpu)?;
-            let flat: Vec<f32> = logits.flatten_all()?.to_vec1()?;
-            per_segment.push((s.word_offset, decode_segment(&flat, s.n_words, w, r, &DecodeOptions::default())?));
+            per_segment.push((s.word_offset, model.predict_segment(s, special.pad, &DecodeOptions::default())?.1));
         }
         out.push(merge_segments(&per_segment).iter().map(|s| (s.start, s.end, model.config.labels[s.label].clone())).collect());
     }
@@ -176,7 +159,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             let dev = crate::cli::parse_device(&a.device)?;
             let model = Sener::load(m, &dev).with_context(|| format!("loading model {}", m.display()))?;
             let w = model.span.config.window;
-            (predict(&model, m, &docs, &dev)?, a.span_window.unwrap_or(w))
+            (predict(&model, m, &docs)?, a.span_window.unwrap_or(w))
         }
         (None, Some(p)) => {
             let mut by_id = read_predictions(p)?;

@@ -75,6 +75,23 @@ impl WordTokenizer {
         Self::from_tokenizer(tok, &name)
     }
 
+    /// A model folder's tokenizer (`tokenizer.json`, else `spm.model`), or a tokenizer file itself
+    /// (`*.json` as tokenizer.json, anything else as spm.model).
+    pub fn from_path(path: &Path) -> Result<Self> {
+        if path.is_file() {
+            return if path.extension().is_some_and(|e| e == "json") { Self::from_file(path) } else { Self::from_spm(path) };
+        }
+        let json = path.join("tokenizer.json");
+        if json.is_file() {
+            return Self::from_file(&json);
+        }
+        let spm = path.join("spm.model");
+        if spm.is_file() {
+            return Self::from_spm(&spm);
+        }
+        Err(DataError::Tokenizer { path: path.display().to_string(), message: "no tokenizer.json or spm.model here".into() })
+    }
+
     /// Wraps an already loaded tokenizer (`name` is used in errors).
     pub fn from_tokenizer(mut tokenizer: Tokenizer, name: &str) -> Result<Self> {
         tokenizer

@@ -33,6 +33,10 @@ pub enum Error {
     #[error("tokenizer {path}: {message}")]
     Tokenizer { path: PathBuf, message: String },
 
+    /// Band logits that cannot be decoded (wrong shape, NaN, bad thresholds).
+    #[error(transparent)]
+    Decode(#[from] crate::decode::DecodeError),
+
     /// Invalid input from the caller (ids out of range, empty batch, bad option values, ...).
     #[error("invalid input: {0}")]
     Input(String),

@@ -24,10 +24,8 @@ use sener_data::align::{align, SpecialTokens, WordTokenizer};
 use sener_data::segment::{segment, SegmentConfig};
 use sener_data::Document;
 
-use crate::decode::{decode_segment, merge_segments, DecodeOptions};
-use crate::model::{Batch, Sener};
-use crate::nn::ForwardCtx;
-use crate::span::SpanModel;
+use crate::decode::{merge_segments, DecodeOptions};
+use crate::model::Sener;
 use crate::{Error, Result};
 
 /// One extracted entity.
@@ -79,7 +77,6 @@ pub struct Extractor {
     tokenizer: WordTokenizer,
     special: SpecialTokens,
     pub options: ExtractOptions,
-    device: Device,
 }
 
 impl Extractor {
@@ -92,11 +89,9 @@ impl Extractor {
     pub fn load_on(dir: &Path, device: &Device) -> Result<Self> {
         let model = Sener::load(dir, device)?;
         let base = model.config.base_dir(dir);
-        let json = base.join("tokenizer.json");
-        let tok = if json.is_file() { WordTokenizer::from_file(&json) } else { WordTokenizer::from_spm(&base.join("spm.model")) }
-            .map_err(|e| Error::Tokenizer { path: base.clone(), message: e.to_string() })?;
+        let tok = WordTokenizer::from_path(&base).map_err(|e| Error::Tokenizer { path: base.clone(), message: e.to_string() })?;
         let special = *tok.special();
-        Ok(Self { model, tokenizer: tok, special, options: ExtractOptions::default(), device: device.clone() })
+        Ok(Self { model, tokenizer: tok, special, options: ExtractOptions::default() })
     }
 
     /// Entities of one text (empty or whitespace-only text gives none).
@@ -111,15 +106,9 @@ impl Extractor {
         let max_len = self.options.max_len.unwrap_or(self.model.config.max_len);
         let cfg = SegmentConfig { max_len, overlap: self.options.overlap };
         let seg = segment(&doc, &al, &[], &self.special, &cfg).map_err(|e| Error::Input(e.to_string()))?;
-        let (w, r) = (self.model.span.config.window, self.model.config.labels.len());
         let mut per_segment = Vec::with_capacity(seg.segments.len());
         for s in &seg.segments {
-            let batch = Batch::new(&[(s.input_ids.clone(), s.indexes.clone(), s.n_words)], self.special.pad, &self.device)?;
-            let out = self.model.forward(&batch, &mut ForwardCtx::eval())?;
-            let logits = SpanModel::inference_logits(&out)?.squeeze(0)?.narrow(0, 0, s.n_words)?;
-            let flat: Vec<f32> = logits.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
-            let spans = decode_segment(&flat, s.n_words, w, r, &self.options.decode).map_err(|e| Error::Input(e.to_string()))?;
-            per_segment.push((s.word_offset, spans));
+            per_segment.push((s.word_offset, self.model.predict_segment(s, self.special.pad, &self.options.decode)?.1));
         }
         let offsets = doc.offsets();
         let mut entities = Vec::new();

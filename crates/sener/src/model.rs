@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 
+use sener_data::segment::Segment;
+
+use crate::decode::{decode_segment, DecodeOptions, Span};
 use crate::encoder::{ArrowConfig, Encoder, EncoderOptions, LoraConfig};
 use crate::nn::ForwardCtx;
 use crate::span::pooling::WordPooling;
@@ -157,6 +160,17 @@ impl Sener {
         let mut v: Vec<(String, Var)> = self.encoder.trainable().into_iter().map(|(n, t)| (format!("encoder.{n}"), t)).collect();
         v.extend(self.span.params());
         v
+    }
+
+    /// Inference band logits of one segment, `[n_words, 2w′+1, labels]` on the CPU (cells outside
+    /// the segment −1e-6, as the official code), and its decoded spans (segment word indices).
+    pub fn predict_segment(&self, seg: &Segment, pad: u32, opts: &DecodeOptions) -> Result<(Tensor, Vec<Span>)> {
+        let batch = Batch::new(&[(seg.input_ids.clone(), seg.indexes.clone(), seg.n_words)], pad, &self.encoder.device())?;
+        let out = self.forward(&batch, &mut ForwardCtx::eval())?;
+        let logits = SpanModel::inference_logits(&out)?.squeeze(0)?.narrow(0, 0, seg.n_words)?.to_device(&Device::Cpu)?;
+        let flat: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+        let spans = decode_segment(&flat, seg.n_words, self.span.config.window, self.config.labels.len(), opts)?;
+        Ok((logits, spans))
     }
 
     /// Band logits of a batch (invalid cells 0; see [`SpanModel::inference_logits`]).

@@ -31,7 +31,7 @@ use sener_data::segment::{segment, Segment, SegmentConfig};
 use sener_data::Document;
 
 use super::optim::{linear_schedule, no_decay, AdamW, AdamWConfig, GroupConfig};
-use crate::decode::{decode_segment, merge_segments, DecodeOptions};
+use crate::decode::{merge_segments, DecodeOptions};
 use crate::encoder::{ArrowConfig, Encoder, EncoderOptions, LoraConfig};
 use crate::metric::{MetricResult, Scorer};
 use crate::model::{Batch, BaseEncoder, Sener, SenerConfig};
@@ -132,12 +132,17 @@ struct Split {
     unreachable: usize,
 }
 
-fn prepare(path: &Path, tok: &mut WordTokenizer, special: &SpecialTokens, labels: &[String], cfg: &TrainConfig) -> Result<Split> {
-    let read = readers::read_path(Format::Sener, path).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+/// Reads a SeNER JSON-lines file.
+fn read_docs(path: &Path) -> Result<Vec<Document>> {
+    Ok(readers::read_path(Format::Sener, path).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?.documents)
+}
+
+/// Tokenizes and segments `docs` (read from `path`, named in errors) into labelled examples.
+fn prepare(path: &Path, docs: Vec<Document>, tok: &mut WordTokenizer, special: &SpecialTokens, labels: &[String], cfg: &TrainConfig) -> Result<Split> {
     let seg_cfg = SegmentConfig::new(cfg.max_len);
     let index: HashMap<&str, usize> = labels.iter().enumerate().map(|(i, l)| (l.as_str(), i)).collect();
     let mut split = Split { docs: Vec::new(), aligns: Vec::new(), examples: Vec::new(), unreachable: 0 };
-    for (d, doc) in read.documents.into_iter().enumerate() {
+    for (d, doc) in docs.into_iter().enumerate() {
         let al = align(&doc, tok).map_err(|e| Error::Input(format!("{}: document {}: {e}", path.display(), doc.id)))?;
         let (we, _) = doc.word_entities().map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
         let seg = segment(&doc, &al, &we, special, &seg_cfg).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
@@ -176,27 +181,14 @@ pub struct TrainReport {
     pub train_segments: usize,
 }
 
-fn word_tokenizer(dir: &Path) -> Result<WordTokenizer> {
-    let json = dir.join("tokenizer.json");
-    let r = if json.is_file() { WordTokenizer::from_file(&json) } else { WordTokenizer::from_spm(&dir.join("spm.model")) };
-    r.map_err(|e| Error::Tokenizer { path: dir.to_path_buf(), message: e.to_string() })
-}
-
 /// Evaluates `model` on a split with the official decoding; returns the metric.
-fn evaluate(model: &Sener, split: &Split, labels: &[String], pad: u32, dev: &Device) -> Result<MetricResult> {
-    let w = model.span.config.window;
+fn evaluate(model: &Sener, split: &Split, labels: &[String], pad: u32) -> Result<MetricResult> {
     let mut per_doc: Vec<Vec<(usize, Vec<crate::decode::Span>)>> = vec![Vec::new(); split.docs.len()];
     for ex in &split.examples {
-        let s = &ex.seg;
-        let batch = Batch::new(&[(s.input_ids.clone(), s.indexes.clone(), s.n_words)], pad, dev)?;
-        let out = model.forward(&batch, &mut ForwardCtx::eval())?;
-        let logits = SpanModel::inference_logits(&out)?.squeeze(0)?.narrow(0, 0, s.n_words)?;
-        let flat: Vec<f32> = logits.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
-        let spans = decode_segment(&flat, s.n_words, w, labels.len(), &DecodeOptions::default())
-            .map_err(|e| Error::Input(e.to_string()))?;
-        per_doc[ex.doc].push((s.word_offset, spans));
+        let (_, spans) = model.predict_segment(&ex.seg, pad, &DecodeOptions::default())?;
+        per_doc[ex.doc].push((ex.seg.word_offset, spans));
     }
-    let mut scorer = Scorer::new(w);
+    let mut scorer = Scorer::new(model.span.config.window);
     for (d, doc) in split.docs.iter().enumerate() {
         let (we, _) = doc.word_entities().map_err(|e| Error::Input(e.to_string()))?;
         let gold: Vec<(usize, usize, String)> = we.iter().map(|e| (e.start, e.end - 1, e.label.clone())).collect();
@@ -316,20 +308,20 @@ pub fn train(cfg: &TrainConfig, device: &Device, log: &mut dyn Write) -> Result<
     if cfg.micro_batch == 0 || cfg.batch_size == 0 || cfg.batch_size % cfg.micro_batch != 0 {
         return Err(Error::Input(format!("batch_size {} must be a positive multiple of micro_batch {}", cfg.batch_size, cfg.micro_batch)));
     }
-    let mut tok = word_tokenizer(&cfg.base)?;
+    let mut tok = WordTokenizer::from_path(&cfg.base).map_err(|e| Error::Tokenizer { path: cfg.base.clone(), message: e.to_string() })?;
     let special = *tok.special();
+    let train_docs = read_docs(&cfg.train)?;
     let labels = match &cfg.labels {
         Some(l) => l.clone(),
         None => {
-            let read = readers::read_path(Format::Sener, &cfg.train).map_err(|e| Error::Input(e.to_string()))?;
-            let mut set: Vec<String> = read.documents.iter().flat_map(|d| d.entities.iter().map(|e| e.label.clone())).collect();
+            let mut set: Vec<String> = train_docs.iter().flat_map(|d| d.entities.iter().map(|e| e.label.clone())).collect();
             set.sort();
             set.dedup();
             set
         }
     };
-    let train_split = prepare(&cfg.train, &mut tok, &special, &labels, cfg)?;
-    let dev_split = cfg.dev.as_ref().map(|p| prepare(p, &mut tok, &special, &labels, cfg)).transpose()?;
+    let train_split = prepare(&cfg.train, train_docs, &mut tok, &special, &labels, cfg)?;
+    let dev_split = cfg.dev.as_ref().map(|p| prepare(p, read_docs(p)?, &mut tok, &special, &labels, cfg)).transpose()?;
 
     let opts = EncoderOptions { arrow: cfg.arrow.clone(), dtype: DType::F32, device: device.clone() };
     let mut encoder = Encoder::load(&cfg.base, &opts)?;
@@ -347,9 +339,10 @@ pub fn train(cfg: &TrainConfig, device: &Device, log: &mut dyn Write) -> Result<
     };
     let model = Sener { config, encoder, span };
 
-    let params: Vec<(String, candle_core::Var, usize)> = model
-        .trainable()
-        .into_iter()
+    let trainable = model.trainable();
+    let params: Vec<(String, candle_core::Var, usize)> = trainable
+        .iter()
+        .cloned()
         .map(|(name, var)| {
             let encoder_side = name.starts_with("encoder.");
             let group = (encoder_side as usize) * 2 + no_decay(&name) as usize; // 0 new, 1 new no-decay, 2 enc, 3 enc no-decay
@@ -393,8 +386,8 @@ pub fn train(cfg: &TrainConfig, device: &Device, log: &mut dyn Write) -> Result<
         }
         let params = candle_core::safetensors::load(rdir.join("params.safetensors"), device)
             .map_err(|e| Error::model(&rdir, e.to_string()))?;
-        for (name, var) in model.trainable() {
-            let t = params.get(&name).ok_or_else(|| Error::Weight { path: rdir.clone(), name: name.clone(), message: "missing".into() })?;
+        for (name, var) in &trainable {
+            let t = params.get(name).ok_or_else(|| Error::Weight { path: rdir.clone(), name: name.clone(), message: "missing".into() })?;
             var.set(t)?;
         }
         let ost = candle_core::safetensors::load(rdir.join("optim.safetensors"), device).map_err(|e| Error::model(&rdir, e.to_string()))?;
@@ -447,14 +440,14 @@ pub fn train(cfg: &TrainConfig, device: &Device, log: &mut dyn Write) -> Result<
             let loss = (bce_loss(&out.logits, &lab.labels, &out.valid)? / accum as f64)?;
             acc_loss += loss.to_scalar::<f32>()? as f64;
             let grads = loss.backward()?;
-            for (name, var) in model.trainable() {
-                if let Some(g) = grads.get(&var) {
+            for (name, var) in &trainable {
+                if let Some(g) = grads.get(var) {
                     let g = g.detach();
-                    let sum = match acc.remove(&name) {
+                    let sum = match acc.remove(name) {
                         Some(a) => (a + g)?,
                         None => g,
                     };
-                    acc.insert(name, sum);
+                    acc.insert(name.clone(), sum);
                 }
             }
             in_acc += 1;
@@ -478,7 +471,7 @@ pub fn train(cfg: &TrainConfig, device: &Device, log: &mut dyn Write) -> Result<
             }
         }
         if let Some(dev) = &dev_split {
-            let m = evaluate(&model, dev, &labels, special.pad, device)?;
+            let m = evaluate(&model, dev, &labels, special.pad)?;
             let f1 = m.micro.f1;
             let line = serde_json::json!({"event": "eval", "epoch": epoch, "step": opt.step, "dev": m.micro});
             writeln!(log, "{line}").map_err(|e| Error::io("metrics log", e))?;
