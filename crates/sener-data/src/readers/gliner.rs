@@ -17,7 +17,7 @@ use super::json::{lines, Loc};
 use super::ReadResult;
 use crate::document::Document;
 use crate::error::{DataError, Result};
-use crate::report::{Issue, Report};
+use crate::report::Report;
 
 /// Parses GLiNER JSON (array or lines) from `text` (named `source` in errors).
 pub fn parse(source: &str, text: &str) -> Result<ReadResult> {
@@ -68,14 +68,7 @@ fn object(loc: &Loc<'_>, v: &Value, index: usize, report: &mut Report) -> Result
         if s > t || t >= words.len() {
             return Err(loc.err(format!("{f}[1]"), format!("inclusive span {s}..={t} is reversed or outside the {} words", words.len())));
         }
-        if label.is_empty() {
-            return Err(loc.err(format!("{f}[2]"), "empty label"));
-        }
-        if doc.word_range_chars(s, t + 1).is_none_or(|sp| sp.is_empty()) {
-            report.note(Issue::EmptyEntityDropped, || format!("{}:{} {f}", loc.source, loc.line));
-            continue;
-        }
-        doc.push_word_entity(s, t + 1, label, None)?;
+        loc.add_word_entity(&mut doc, report, &f, (s, t + 1), label, &format!("{f}[2]"))?;
     }
     Ok(doc)
 }

@@ -2,7 +2,9 @@
 
 use serde_json::{Map, Value};
 
+use crate::document::Document;
 use crate::error::{DataError, Result};
+use crate::report::{Issue, Report};
 
 /// Where a JSON value came from.
 #[derive(Clone, Copy)]
@@ -70,6 +72,20 @@ impl Loc<'_> {
             return Err(self.err(field, format!("expected [start, end], found {} elements", a.len())));
         }
         Ok((self.usize(&a[0], &format!("{field}[0]"))?, self.usize(&a[1], &format!("{field}[1]"))?))
+    }
+
+    /// Adds the word entity `[s, t)` (field `f`) to `doc`, after the caller's range checks: an
+    /// empty label is an error at `label_field`; an entity covering no characters is reported
+    /// and dropped, never silently lost.
+    pub fn add_word_entity(&self, doc: &mut Document, report: &mut Report, f: &str, (s, t): (usize, usize), label: &str, label_field: &str) -> Result<()> {
+        if label.is_empty() {
+            return Err(self.err(label_field, "empty label"));
+        }
+        if doc.word_range_chars(s, t).is_none_or(|sp| sp.is_empty()) {
+            report.note(Issue::EmptyEntityDropped, || format!("{}:{} {f}", self.source, self.line));
+            return Ok(());
+        }
+        doc.push_word_entity(s, t, label, None)
     }
 
     /// An optional document id (string or number); `None` when absent or null.

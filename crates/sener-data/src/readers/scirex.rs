@@ -14,7 +14,6 @@ use super::json::{lines, Loc};
 use super::ReadResult;
 use crate::document::{Document, Span};
 use crate::error::Result;
-use crate::report::Issue;
 
 /// Parses SciREX JSON lines from `text` (named `source` in errors).
 pub fn parse(source: &str, text: &str) -> Result<ReadResult> {
@@ -50,14 +49,7 @@ pub fn parse(source: &str, text: &str) -> Result<ReadResult> {
             if s > t || t > words.len() {
                 return Err(loc.err(format!("{f}[1]"), format!("span {s}..{t} is reversed or outside the {} words", words.len())));
             }
-            if label.is_empty() {
-                return Err(loc.err(format!("{f}[2]"), "empty label"));
-            }
-            if doc.word_range_chars(s, t).is_none_or(|sp| sp.is_empty()) {
-                out.report.note(Issue::EmptyEntityDropped, || format!("{source}:{line} {f}"));
-                continue;
-            }
-            doc.push_word_entity(s, t, label, None)?;
+            loc.add_word_entity(&mut doc, &mut out.report, &f, (s, t), label, &format!("{f}[2]"))?;
         }
         out.documents.push(doc);
     }

@@ -19,7 +19,6 @@ use super::json::{lines, Loc};
 use super::ReadResult;
 use crate::document::Document;
 use crate::error::Result;
-use crate::report::Issue;
 
 /// Parses SeNER JSON lines from `text` (named `source` in errors).
 pub fn parse(source: &str, text: &str) -> Result<ReadResult> {
@@ -51,14 +50,7 @@ pub fn parse(source: &str, text: &str) -> Result<ReadResult> {
             if words[s..t] != ewords[..] {
                 return Err(loc.err(format!("{f}[2]"), format!("entity words {:?} differ from text[{s}..{t}] = {:?}", ewords, &words[s..t])));
             }
-            if label.is_empty() {
-                return Err(loc.err(format!("{f}[3]"), "empty label"));
-            }
-            if doc.word_range_chars(s, t).is_none_or(|sp| sp.is_empty()) {
-                out.report.note(Issue::EmptyEntityDropped, || format!("{source}:{line} {f}"));
-                continue;
-            }
-            doc.push_word_entity(s, t, label, None)?;
+            loc.add_word_entity(&mut doc, &mut out.report, &f, (s, t), label, &format!("{f}[3]"))?;
         }
         out.documents.push(doc);
     }
