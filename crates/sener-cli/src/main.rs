@@ -12,7 +12,39 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc, told never to return freed pages to the kernel (see [`keep_freed_pages`]).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+extern "C" {
+    /// From the statically linked mimalloc (libmimalloc-sys).
+    fn mi_option_set(option: i32, value: std::os::raw::c_long);
+    fn mi_reserve_os_memory(size: usize, commit: bool, allow_large: bool) -> std::os::raw::c_int;
+}
+
+/// A training step or a long-document forward allocates gigabytes of band-sized temporaries and
+/// frees them again; returned to the kernel, every page is faulted in and zeroed again on the next
+/// use (`perf`: over 40% of a training step in `clear_page_erms`). Purging off keeps them.
+/// Measured on 3 training steps (2 × 512 tokens, MiniLM): system allocator 94 s, mimalloc with
+/// these options 20 s together with the fused kernels (sys time 70 s → 7 s).
+fn keep_freed_pages() {
+    // mimalloc v3 option indices (`mi_option_e` in mimalloc.h).
+    const PURGE_DECOMMITS: i32 = 5;
+    const PURGE_DELAY: i32 = 15;
+    const ARENA_RESERVE: i32 = 23; // KiB; address space only, committed on use
+    // SAFETY: plain option setters of the allocator this binary links, before any thread starts.
+    unsafe {
+        mi_option_set(PURGE_DELAY, -1);
+        mi_option_set(PURGE_DECOMMITS, 0);
+        mi_option_set(ARENA_RESERVE, 16 << 20);
+        // One large arena now (address space; pages are committed on first use): the default
+        // 1 GiB arenas made later allocations fall back to fresh OS mappings.
+        let _ = mi_reserve_os_memory(32 << 30, false, true);
+    }
+}
+
 fn main() -> ExitCode {
+    keep_freed_pages();
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,

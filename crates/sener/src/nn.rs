@@ -102,6 +102,13 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, xs: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        if ctx.grad && xs.dtype() == DType::F32 && xs.device().is_cpu() && self.weight.dtype() == DType::F32 {
+            // One op with its own backward: keeps x only (the composite keeps six tensors of x's size).
+            let c = xs.dim(D::Minus1)?;
+            let x2 = xs.contiguous()?.reshape(((), c))?;
+            let y = x2.apply_op3(&self.weight.contiguous()?, &self.bias.contiguous()?, LayerNormOp { eps: self.eps })?;
+            return Ok(y.reshape(xs.shape())?);
+        }
         if ctx.grad || !matches!(xs.dtype(), DType::F32 | DType::F16 | DType::BF16) {
             // Composite version (also the only one for f64): mean/variance in the input dtype (f32 or f64), records a backward.
             let mean = xs.mean_keepdim(D::Minus1)?;
@@ -112,6 +119,114 @@ impl LayerNorm {
         } else {
             Ok(candle_nn::ops::layer_norm(xs, &self.weight, &self.bias, self.eps as f32)?)
         }
+    }
+}
+
+/// LayerNorm over the last axis of `[rows, c]` as one CPU f32 op with a hand-written backward
+/// (`nn::LayerNorm` uses it in gradient passes). Same arithmetic as the composite version: mean,
+/// centred values, biased variance, `x̂ = (x − μ)/√(σ² + ε)`, `y = x̂·w + b`.
+pub struct LayerNormOp {
+    pub eps: f64,
+}
+
+/// Rows per partial weight gradient (summed in block order: deterministic).
+const LN_GRAD_ROWS: usize = 64;
+
+impl LayerNormOp {
+    /// x̂ of one row into `xh`; returns 1/σ.
+    fn normalise(&self, x: &[f32], xh: &mut [f32]) -> f32 {
+        let c = x.len() as f32;
+        let mean = x.iter().sum::<f32>() / c;
+        let mut var = 0f32;
+        for (h, &v) in xh.iter_mut().zip(x) {
+            *h = v - mean;
+            var += *h * *h;
+        }
+        let inv = 1.0 / ((var / c) as f64 + self.eps).sqrt() as f32;
+        xh.iter_mut().for_each(|h| *h *= inv);
+        inv
+    }
+}
+
+impl candle_core::CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+        s3: &candle_core::CpuStorage,
+        l3: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let (_, c) = l1.shape().dims2()?;
+        let get = |s: &'_ candle_core::CpuStorage, l: &candle_core::Layout| -> candle_core::Result<Vec<f32>> {
+            match l.contiguous_offsets() {
+                Some((a, b)) => Ok(s.as_slice::<f32>()?[a..b].to_vec()),
+                None => candle_core::bail!("layer norm needs contiguous inputs"),
+            }
+        };
+        let (w, b) = (get(s2, l2)?, get(s3, l3)?);
+        if w.len() != c || b.len() != c {
+            candle_core::bail!("layer norm: input {:?}, weight {}, bias {}", l1.shape(), w.len(), b.len());
+        }
+        let Some((start, end)) = l1.contiguous_offsets() else { candle_core::bail!("layer norm needs contiguous inputs") };
+        let x = &s1.as_slice::<f32>()?[start..end];
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(c).zip(x.par_chunks(c)).for_each(|(yr, xr)| {
+            self.normalise(xr, yr);
+            for ((v, wi), bi) in yr.iter_mut().zip(&w).zip(&b) {
+                *v = *v * wi + bi;
+            }
+        });
+        Ok((candle_core::CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        use rayon::prelude::*;
+        let (rows, c) = x.dims2()?;
+        let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let wv: Vec<f32> = w.flatten_all()?.to_vec1()?;
+        let gv: Vec<f32> = grad.flatten_all()?.to_vec1()?;
+        let mut dx = vec![0f32; rows * c];
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+            .par_chunks_mut(LN_GRAD_ROWS * c)
+            .enumerate()
+            .map(|(blk, dxb)| {
+                let (mut dw, mut db) = (vec![0f32; c], vec![0f32; c]);
+                let mut xh = vec![0f32; c];
+                for (local, dxr) in dxb.chunks_mut(c).enumerate() {
+                    let row = blk * LN_GRAD_ROWS + local;
+                    let (xr, gr) = (&xv[row * c..][..c], &gv[row * c..][..c]);
+                    let inv = self.normalise(xr, &mut xh);
+                    // dx = (ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) / σ with ĝ = g·w
+                    let (mut m1, mut m2) = (0f32, 0f32);
+                    for t in 0..c {
+                        let gh = gr[t] * wv[t];
+                        m1 += gh;
+                        m2 += gh * xh[t];
+                        dw[t] += gr[t] * xh[t];
+                        db[t] += gr[t];
+                    }
+                    let (m1, m2) = (m1 / c as f32, m2 / c as f32);
+                    for t in 0..c {
+                        dxr[t] = (gr[t] * wv[t] - m1 - xh[t] * m2) * inv;
+                    }
+                }
+                (dw, db)
+            })
+            .collect();
+        let (mut dw, mut db) = (vec![0f32; c], vec![0f32; c]);
+        for (pw, pb) in partials {
+            dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+            db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+        }
+        let dev = x.device();
+        Ok((Some(Tensor::from_vec(dx, (rows, c), dev)?), Some(Tensor::from_vec(dw, c, dev)?), Some(Tensor::from_vec(db, c, dev)?)))
     }
 }
 
@@ -190,4 +305,91 @@ pub fn mask_to_host(mask: &Tensor) -> Result<(usize, usize, Vec<bool>)> {
 pub fn mask_from_host(b: usize, t: usize, valid: &[bool], dtype: DType, device: &Device) -> Result<Tensor> {
     let v: Vec<f32> = valid.iter().map(|&x| if x { 1.0 } else { 0.0 }).collect();
     Ok(Tensor::from_vec(v, (b, t), device)?.to_dtype(dtype)?)
+}
+
+/// Single-threaded f32 matrix product for the fused CPU kernels (which parallelise over rows
+/// themselves): `dst[i·ldd + j] = (acc ? dst : 0) + alpha · Σ_p A(i,p)·B(p,j)` with
+/// `A(i,p) = a[i·a_rs + p·a_cs]`, `B(p,j) = b[p·b_rs + j·b_cs]` — any transposition is a stride.
+/// Runs gemm's AVX-512 microkernels; panics if a slice is too short for the shape (a bug, not
+/// user input).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    ldd: usize,
+    acc: bool,
+    (a, a_rs, a_cs): (&[f32], usize, usize),
+    (b, b_rs, b_cs): (&[f32], usize, usize),
+    alpha: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(dst.len() > last(m, n, ldd, 1), "sgemm: dst too short");
+    if k == 0 {
+        if !acc {
+            for i in 0..m {
+                dst[i * ldd..i * ldd + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    assert!(a.len() > last(m, k, a_rs, a_cs) && b.len() > last(k, n, b_rs, b_cs), "sgemm: operand too short");
+    // SAFETY: every index the product touches was bounds-checked above; dst does not alias a or b
+    // (distinct borrows).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            ldd as isize,
+            acc,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fused_layer_norm_equals_composite_forward_and_gradients() {
+        let dev = candle_core::Device::Cpu;
+        let x = candle_core::Var::from_tensor(&(Tensor::randn(0f32, 2.0, (3, 70, 24), &dev).unwrap() + 0.5).unwrap()).unwrap();
+        let w = candle_core::Var::from_tensor(&Tensor::randn(1f32, 0.3, 24, &dev).unwrap()).unwrap();
+        let b = candle_core::Var::from_tensor(&Tensor::randn(0f32, 0.3, 24, &dev).unwrap()).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (3, 70, 24), &dev).unwrap();
+        let ln = LayerNorm { weight: w.as_tensor().clone(), bias: b.as_tensor().clone(), eps: 1e-5 };
+        let fused = ln.forward(x.as_tensor(), &ForwardCtx::grad_only()).unwrap();
+        // composite reference
+        let xs = x.as_tensor();
+        let mean = xs.mean_keepdim(D::Minus1).unwrap();
+        let xc = xs.broadcast_sub(&mean).unwrap();
+        let var = xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        let xn = xc.broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap()).unwrap();
+        let comp = xn.broadcast_mul(w.as_tensor()).unwrap().broadcast_add(b.as_tensor()).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff(&fused, &comp) < 1e-5);
+        let g1 = (&fused * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (&comp * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &w, &b] {
+            let (a, c) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+            assert!(diff(a, c) < 1e-4, "{}", diff(a, c));
+        }
+    }
 }

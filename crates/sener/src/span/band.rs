@@ -69,7 +69,17 @@ impl Band {
     /// The vertical view `vᵀ[i, k] = x[i + k − w, 2w − k]` (0 where i + k − w is outside), for
     /// `[B, n, K, c]`. Flip the columns, then shear: column k moves by k − w rows, done as one
     /// reshape of the row-padded, column-major tensor (row stride R + 1 reads the diagonal).
+    /// On the CPU in f32 this is one gather op ([`VerticalView`]) whose backward is the same
+    /// gather (the map is an involution); elsewhere the composite shear below.
     pub fn vertical(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            return Ok(x.contiguous()?.apply_op1(VerticalView { w: self.w })?);
+        }
+        self.vertical_composite(x)
+    }
+
+    /// The vertical view with candle ops only (any device): flip, pad, transpose, shear.
+    pub fn vertical_composite(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, kk, c) = x.dims4()?;
         let dev = x.device();
         let rev: Vec<u32> = (0..kk as u32).rev().collect();
@@ -80,6 +90,46 @@ impl Band {
         let z = z.reshape((b, kk * r, c))?.pad_with_zeros(1, 0, kk)?.reshape((b, kk, r + 1, c))?;
         // Row k of the stride-(R+1) view starts at z[k, k]: out[k, i] = z[k, i + k].
         Ok(z.narrow(2, 0, n)?.transpose(1, 2)?.contiguous()?)
+    }
+}
+
+/// The vertical view as one CPU op: `out[b, i, k, :] = x[b, i + k − w, 2w − k, :]`, zero where
+/// i + k − w falls outside the rows. The map (i, k) → (i + k − w, 2w − k) is its own inverse, so
+/// the gradient is the same gather applied to the output gradient.
+pub struct VerticalView {
+    pub w: usize,
+}
+
+impl candle_core::CustomOp1 for VerticalView {
+    fn name(&self) -> &'static str {
+        "band-vertical-view"
+    }
+
+    fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (b, n, kk, c) = l.shape().dims4()?;
+        if kk != 2 * self.w + 1 {
+            candle_core::bail!("vertical view: {kk} band columns, window {}", self.w);
+        }
+        let Some((start, end)) = l.contiguous_offsets() else { candle_core::bail!("vertical view needs a contiguous input") };
+        let x = &s.as_slice::<f32>()?[start..end];
+        let mut out = vec![0f32; b * n * kk * c];
+        use rayon::prelude::*;
+        out.par_chunks_mut(kk * c).enumerate().for_each(|(row, o)| {
+            let (bi, i) = (row / n, row % n);
+            for k in 0..kk {
+                let src = i as i64 + k as i64 - self.w as i64;
+                if src < 0 || src >= n as i64 {
+                    continue;
+                }
+                let from = ((bi * n + src as usize) * kk + (kk - 1 - k)) * c;
+                o[k * c..(k + 1) * c].copy_from_slice(&x[from..from + c]);
+            }
+        });
+        Ok((candle_core::CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1(VerticalView { w: self.w })?))
     }
 }
 
@@ -170,6 +220,21 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn vertical_op_equals_the_composite_shear_forward_and_backward() {
+        for (w, n) in [(1usize, 1usize), (2, 5), (3, 4), (4, 13)] {
+            let band = Band::new(w);
+            let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, n, band.k(), 3), &Device::Cpu).unwrap()).unwrap();
+            let r = Tensor::randn(0f32, 1.0, (2, n, band.k(), 3), &Device::Cpu).unwrap();
+            let op = band.vertical(x.as_tensor()).unwrap();
+            let comp = band.vertical_composite(x.as_tensor()).unwrap();
+            assert_eq!(op.flatten_all().unwrap().to_vec1::<f32>().unwrap(), comp.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            let g1 = (&op * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&comp * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            assert_eq!(g1.get(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), g2.get(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
         }
     }
 

@@ -8,6 +8,8 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::nn::sgemm;
+
 pub struct BandConv3x3;
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
@@ -33,8 +35,17 @@ fn reorder(w: &[f32], co: usize, ci: usize, transpose: bool) -> Vec<f32> {
     out
 }
 
+/// Range of band columns `k` whose shifted column `k + off` lies inside `0..kk`.
+fn valid_cols(kk: usize, off: i64) -> (usize, usize) {
+    let lo = (-off).max(0) as usize;
+    let hi = (kk as i64 - off).clamp(0, kk as i64) as usize;
+    (lo.min(hi), hi)
+}
+
 /// Correlation of rows `[B·n, K, cin]` with taps `taps[(dy,dx)][cin][cout]`; `flip` mirrors the
-/// offsets (the input gradient is a correlation with the flipped kernel).
+/// offsets (the input gradient is a correlation with the flipped kernel). Each (row, tap) is one
+/// `[K, cin] × [cin, cout]` gemm.
+#[allow(clippy::too_many_arguments)]
 fn correlate(x: &[f32], taps: &[f32], b: usize, n: usize, kk: usize, cin: usize, cout: usize, flip: bool) -> Vec<f32> {
     let mut y = vec![0f32; b * n * kk * cout];
     y.par_chunks_mut(kk * cout).enumerate().for_each(|(row, yr)| {
@@ -47,23 +58,13 @@ fn correlate(x: &[f32], taps: &[f32], b: usize, n: usize, kk: usize, cin: usize,
             let xr = &x[(bi * n + ii as usize) * kk * cin..][..kk * cin];
             for dx in 0..3 {
                 let t = &taps[(dy * 3 + dx) * cin * cout..][..cin * cout];
-                for k in 0..kk {
-                    let kx = if flip { k as i64 - dx as i64 + 1 } else { k as i64 + dx as i64 - 1 };
-                    if kx < 0 || kx >= kk as i64 {
-                        continue;
-                    }
-                    let xv = &xr[kx as usize * cin..][..cin];
-                    let yv = &mut yr[k * cout..][..cout];
-                    for (a, &xa) in xv.iter().enumerate() {
-                        if xa == 0.0 {
-                            continue;
-                        }
-                        let ta = &t[a * cout..][..cout];
-                        for o in 0..cout {
-                            yv[o] += xa * ta[o];
-                        }
-                    }
+                let off = if flip { 1 - dx as i64 } else { dx as i64 - 1 };
+                let (lo, hi) = valid_cols(kk, off);
+                if lo == hi {
+                    continue;
                 }
+                let xs = &xr[(lo as i64 + off) as usize * cin..];
+                sgemm((hi - lo, cout, cin), &mut yr[lo * cout..], cout, true, (xs, cin, 1), (t, cout, 1), 1.0);
             }
         }
     });
@@ -113,33 +114,33 @@ impl CustomOp2 for BandConv3x3 {
                         }
                         let xr = &xv[(bi * n + ii as usize) * kk * ci..][..kk * ci];
                         for dxx in 0..3 {
-                            for k in 0..kk {
-                                let kx = k as i64 + dxx as i64 - 1;
-                                if kx < 0 || kx >= kk as i64 {
-                                    continue;
-                                }
-                                let xa = &xr[kx as usize * ci..][..ci];
-                                let go = &gr[k * co..][..co];
-                                for (o, &gval) in go.iter().enumerate() {
-                                    if gval == 0.0 {
-                                        continue;
-                                    }
-                                    let base = o * ci * 9 + dy * 3 + dxx;
-                                    for (a, &xval) in xa.iter().enumerate() {
-                                        acc[base + a * 9] += gval * xval;
-                                    }
-                                }
+                            let off = dxx as i64 - 1;
+                            let (lo, hi) = valid_cols(kk, off);
+                            if lo == hi {
+                                continue;
                             }
+                            // acc[tap][a][o] += Σ_k x[k+off, a] · g[k, o]
+                            let xs = &xr[(lo as i64 + off) as usize * ci..];
+                            let t = &mut acc[(dy * 3 + dxx) * ci * co..][..ci * co];
+                            sgemm((ci, co, hi - lo), t, co, true, (xs, 1, ci), (&gr[lo * co..], co, 1), 1.0);
                         }
                     }
                 }
                 acc
             })
             .collect();
-        let mut dw = vec![0f32; co * ci * 9];
+        let mut sum = vec![0f32; co * ci * 9];
         for p in partials {
-            for (x, y) in dw.iter_mut().zip(p) {
+            for (x, y) in sum.iter_mut().zip(p) {
                 *x += y;
+            }
+        }
+        let mut dw = vec![0f32; co * ci * 9];
+        for t in 0..9 {
+            for a in 0..ci {
+                for o in 0..co {
+                    dw[(o * ci + a) * 9 + t] = sum[(t * ci + a) * co + o];
+                }
             }
         }
         let dev = x.device();

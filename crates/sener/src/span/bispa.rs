@@ -163,20 +163,22 @@ impl BiSpaBlock {
 
     fn attention_fused(&self, x: &Tensor, qkv: &TrainLinear, valid: &Tensor, rope: &(Tensor, Tensor), ctx: &mut ForwardCtx) -> Result<Tensor> {
         let (b, n, kk, c) = x.dims4()?;
-        let p = qkv.forward(x, ctx)?.clamp(-1e4f32, 1e4f32)?;
-        let q = apply_rope(&p.narrow(3, 0, c)?, &rope.0, &rope.1)?.reshape((b * n, kk, c))?;
-        let k = apply_rope(&p.narrow(3, c, c)?, &rope.0, &rope.1)?.reshape((b * n, kk, c))?;
-        let v = p.narrow(3, 2 * c, c)?.contiguous()?.reshape((b * n, kk, c))?;
         let mask: Vec<f32> = valid.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
         let dropout = if ctx.train { self.dropout } else { 0.0 };
         let seed = if dropout > 0.0 { ctx.next_seed() } else { 0 };
-        let op = super::row_attention::RowAttention {
-            valid: std::sync::Arc::new(mask),
-            scale: 1.0 / (c as f32).sqrt(),
-            dropout,
-            seed,
+        let host = |t: &Tensor| -> Result<std::sync::Arc<Vec<f32>>> { Ok(std::sync::Arc::new(t.flatten_all()?.to_vec1::<f32>()?)) };
+        let op = super::row_attention::ProjectedRowAttention {
+            attn: super::row_attention::RowAttention { valid: std::sync::Arc::new(mask), scale: 1.0 / (c as f32).sqrt(), dropout, seed },
+            sin: host(&rope.0)?,
+            cos: host(&rope.1)?,
         };
-        Ok(q.apply_op3(&k, &v, op)?.reshape((b, n, kk, c))?)
+        let bias = match &qkv.bias {
+            Some(bv) => ctx.param(bv),
+            None => Tensor::zeros(3 * c, x.dtype(), x.device())?,
+        };
+        let w = ctx.param(&qkv.weight).contiguous()?;
+        let x = x.contiguous()?.reshape((b * n, kk, c))?;
+        Ok(x.apply_op3(&w, &bias.contiguous()?, op)?.reshape((b, n, kk, c))?)
     }
 
     fn attention_composite(&self, x: &Tensor, qkv: &TrainLinear, valid: &Tensor, rope: &(Tensor, Tensor), ctx: &mut ForwardCtx) -> Result<Tensor> {
