@@ -12,7 +12,7 @@ use sener::encoder::{presets, ArrowConfig, Encoder, EncoderKind, EncoderOptions}
 use sener::nn::ForwardCtx;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{BenchEncoderArgs, BenchOneArgs, BenchPositionsArgs, BenchSpanArgs, BenchSpanOneArgs};
+use crate::cli::{BenchEncoderArgs, BenchOneArgs, BenchPositionsArgs, BenchSpanArgs, BenchSpanOneArgs, BenchTrainStepArgs, BenchTrainStepOneArgs};
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct Measurement {
@@ -352,6 +352,114 @@ pub fn run_span_one(a: BenchSpanOneArgs) -> Result<()> {
     let flops = span_flops(a.words, kk, a.hidden, 100, 32, 2, a.labels);
     let v = serde_json::json!({"words": a.words, "mode": a.mode, "k": kk, "seconds": seconds,
         "peak_rss": sener::mem::peak_rss().unwrap_or(0), "flops": flops, "gflops_per_s": flops / seconds / 1e9});
+    println!("{v}");
+    Ok(())
+}
+
+pub fn run_train_step(a: BenchTrainStepArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("locating the sener binary")?;
+    let dir = minilm_dir(&a.minilm).context("--minilm or $SENER_MINILM_DIR: the all-MiniLM-L6-v2 folder")?;
+    println!("training step (forward + backward + AdamW), MiniLM + LoRA r8 + span side (w′ 128, c 32, 2 BiSPA, 12 types), batch 1, f32, CPU");
+    println!();
+    println!("| tokens | words | first step s | later step s | peak RSS (MiB) |");
+    println!("|---:|---:|---:|---:|---:|");
+    let mut all = Vec::new();
+    for &t in &a.lengths {
+        let out = Command::new(&exe)
+            .args(["bench", "train-step-one", "--length", &t.to_string(), "--steps", &a.steps.to_string()])
+            .arg("--minilm")
+            .arg(&dir)
+            .output()
+            .context("running sener bench train-step-one")?;
+        let row = match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            Ok(v) if out.status.success() => v,
+            _ => serde_json::json!({"tokens": t, "skipped": format!("failed: {}", String::from_utf8_lossy(&out.stderr).trim())}),
+        };
+        match row.get("skipped").and_then(|s| s.as_str()) {
+            Some(why) => println!("| {t} | — | — | — | {why} |"),
+            None => println!(
+                "| {t} | {} | {:.2} | {:.2} | {:.0} |",
+                row["words"],
+                row["first_step_seconds"].as_f64().unwrap_or(f64::NAN),
+                row["step_seconds"].as_f64().unwrap_or(f64::NAN),
+                row["peak_rss"].as_f64().unwrap_or(0.0) / 1048576.0
+            ),
+        }
+        all.push(row);
+    }
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&all)?).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// One segment of `length` tokens: [CLS], words of 1, 1 and 2 subwords in turn (≈ 1.33 subwords
+/// per word, as English text with this tokenizer), [SEP]; ids drawn from the ordinary vocabulary.
+fn synthetic_segment(length: usize, vocab: u32, cls: u32, sep: u32) -> (Vec<u32>, Vec<u32>, usize) {
+    let mut ids = vec![cls];
+    let mut idx = vec![0u32];
+    let mut word = 0u32;
+    let mut x = 12345u64;
+    while ids.len() + 1 < length {
+        word += 1;
+        let pieces = if word % 3 == 0 { 2 } else { 1 };
+        for _ in 0..pieces {
+            if ids.len() + 1 >= length {
+                break;
+            }
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ids.push(1000 + (x >> 33) as u32 % (vocab - 1000));
+            idx.push(word);
+        }
+    }
+    ids.push(sep);
+    idx.push(0);
+    (ids, idx, word as usize)
+}
+
+pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
+    use sener::span::loss::{band_labels, bce_loss, GoldSpan};
+    use sener::span::{band::Band, SpanConfig, SpanModel};
+    use sener::train::optim::{no_decay, AdamW, AdamWConfig, GroupConfig};
+    let dir = minilm_dir(&a.minilm).context("--minilm or $SENER_MINILM_DIR")?;
+    let dev = Device::Cpu;
+    let mut encoder = Encoder::load(&dir, &EncoderOptions::default())?;
+    encoder.add_lora(&sener::encoder::lora::LoraConfig::default(), 0)?;
+    let span_cfg = SpanConfig::default();
+    let labels = 12;
+    let span = SpanModel::init(span_cfg.clone(), encoder.hidden_size(), labels, 0, DType::F32, &dev)?;
+    let mut params: Vec<(String, candle_core::Var, usize)> =
+        encoder.trainable().into_iter().map(|(n, v)| { let g = 2 + no_decay(&n) as usize; (format!("encoder.{n}"), v, g) }).collect();
+    params.extend(span.params().into_iter().map(|(n, v)| { let g = no_decay(&n) as usize; (n, v, g) }));
+    let groups = vec![
+        GroupConfig { lr: 7e-4, weight_decay: 0.01 },
+        GroupConfig { lr: 7e-4, weight_decay: 0.0 },
+        GroupConfig { lr: 4e-4, weight_decay: 0.01 },
+        GroupConfig { lr: 4e-4, weight_decay: 0.0 },
+    ];
+    let mut opt = AdamW::new(params, groups, AdamWConfig::default())?;
+    let (ids, idx, words) = synthetic_segment(a.length, encoder.vocab_size() as u32, 101, 102);
+    let batch = sener::model::Batch::new(&[(ids, idx, words)], 0, &dev)?;
+    // a few entities of several lengths (labels matter for the loss only, not the cost)
+    let gold: Vec<GoldSpan> = (0..words.saturating_sub(40)).step_by(37).map(|s| GoldSpan { start: s, end: s + (s % 30), label: s % labels }).collect();
+    let lab = band_labels(&[gold], &[words], words, Band::new(span_cfg.window), labels, &dev)?;
+    let mut ctx = ForwardCtx::train(0);
+    let mut times = Vec::new();
+    sener::mem::reset_peak_rss();
+    for _ in 0..a.steps.max(1) {
+        let t0 = Instant::now();
+        let hidden = encoder.forward(&batch.ids, &batch.mask, &mut ctx)?;
+        let pooled = sener::span::pooling::WordPooling::new(&batch.indexes, hidden.dim(1)?, words)?.forward(&hidden)?;
+        let out = span.forward(&pooled, &batch.words, &mut ctx)?;
+        let loss = bce_loss(&out.logits, &lab.labels, &out.valid)?;
+        let grads = loss.backward()?;
+        drop(out);
+        opt.step(&grads, 1.0)?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    let later = if times.len() > 1 { times[1..].iter().sum::<f64>() / (times.len() - 1) as f64 } else { times[0] };
+    let v = serde_json::json!({"tokens": a.length, "words": words, "first_step_seconds": times[0], "step_seconds": later,
+        "peak_rss": sener::mem::peak_rss().unwrap_or(0)});
     println!("{v}");
     Ok(())
 }

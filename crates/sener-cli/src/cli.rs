@@ -39,6 +39,8 @@ pub enum Command {
     /// Benchmarks: time, tokens/s and peak RSS.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// HTTP/JSON server: entities from texts posted to /v1/extract (see docs/api.md).
+    Serve(ServeArgs),
 }
 
 /// Arrow-attention flags shared by every command that runs an encoder.
@@ -124,14 +126,31 @@ pub struct ExtractArgs {
     /// sener model folder.
     #[arg(long)]
     pub model: PathBuf,
-    /// Input files or folders (every file inside); none or '-' reads standard input.
+    /// Inputs: files; folders (every file inside, recursively, sorted; hidden entries and links
+    /// to folders skipped); glob patterns such as 'docs/*.txt' or 'docs/**/*.txt' (quoted, so the
+    /// shell leaves them alone); '-' for standard input. No input reads standard input.
     pub inputs: Vec<PathBuf>,
-    /// Input format: text (each file is one document) or any reader format (sener, jsonl, conll, …).
-    #[arg(long, default_value = "text")]
+    /// Input format: text (each file is one UTF-8 document; a leading byte-order mark is dropped)
+    /// or any reader format (each file may hold many documents).
+    #[arg(long, default_value = "text", value_parser = crate::extract::input_format_parser())]
     pub format: String,
-    /// Output: jsonl (one line per document), json (pretty), table.
-    #[arg(long, default_value = "jsonl")]
+    /// Output, on standard output: jsonl (one line per document), json (one pretty array), table
+    /// (for people), brat (the .ann of each document: needs --output-dir unless there is a single
+    /// document), conll / conll-bioes (token-per-line tags; nested entities cannot be written:
+    /// how many were dropped is reported on standard error).
+    #[arg(long, default_value = "jsonl", value_parser = crate::extract::output_format_parser())]
     pub output_format: String,
+    /// Folder for --output-format brat: <name>.txt and <name>.ann per document (created if needed).
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+    /// Documents per Extractor::extract_batch call (read, extracted and written together).
+    /// Batches run one after the other: the model's forward pass already uses every core.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Skip documents that cannot be read or extracted (each named on standard error) instead of
+    /// stopping at the first; the command still fails at the end, listing them.
+    #[arg(long)]
+    pub keep_going: bool,
     /// Decision threshold on the symmetrised probability.
     #[arg(long, default_value_t = 0.5)]
     pub threshold: f32,
@@ -144,6 +163,45 @@ pub struct ExtractArgs {
     /// Subwords shared by consecutive segments.
     #[arg(long, default_value_t = 0)]
     pub overlap: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// sener model folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Address to listen on; port 0 picks a free port (the bound address is printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: String,
+    /// Default decision threshold (a request's `threshold` overrides it).
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f32,
+    /// Segment length in tokens (default: the model's).
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    /// Subwords shared by consecutive segments.
+    #[arg(long, default_value_t = 0)]
+    pub overlap: usize,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, default_value_t = 10 << 20)]
+    pub max_body_bytes: usize,
+    /// Longest text in Unicode code points (422 beyond).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_text_chars: usize,
+    /// Most texts in one request (422 beyond).
+    #[arg(long, default_value_t = 64)]
+    pub max_batch: usize,
+    /// Requests that may wait for the model; when full, requests get 503 with Retry-After.
+    #[arg(long, default_value_t = 16)]
+    pub queue: usize,
+    /// Most texts the model worker takes from the queue for one batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch_texts: usize,
+    /// Time limit of one request (body, queue and model), in seconds; 504 beyond.
+    #[arg(long, default_value_t = 120.0)]
+    pub timeout_secs: f64,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -319,6 +377,11 @@ pub enum BenchCommand {
     /// One measurement (used by `bench encoder`; prints one JSON line).
     #[command(hide = true)]
     EncoderOne(BenchOneArgs),
+    /// One training step (forward, backward, AdamW) of the full model with the real MiniLM
+    /// encoder per segment length: time and peak RSS.
+    TrainStep(BenchTrainStepArgs),
+    #[command(hide = true)]
+    TrainStepOne(BenchTrainStepOneArgs),
 }
 
 #[derive(Args, Debug)]
@@ -368,6 +431,31 @@ pub struct BenchSpanArgs {
     pub max_tflop: f64,
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchTrainStepArgs {
+    /// MiniLM folder (default: $SENER_MINILM_DIR).
+    #[arg(long)]
+    pub minilm: Option<PathBuf>,
+    /// Segment lengths in tokens.
+    #[arg(long, value_delimiter = ',', default_value = "1024,2048,4096,5120")]
+    pub lengths: Vec<usize>,
+    /// Steps per length (the first one is reported separately: it allocates everything).
+    #[arg(long, default_value_t = 2)]
+    pub steps: usize,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchTrainStepOneArgs {
+    #[arg(long)]
+    pub minilm: Option<PathBuf>,
+    #[arg(long)]
+    pub length: usize,
+    #[arg(long, default_value_t = 2)]
+    pub steps: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -441,5 +529,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Positions(a)) => crate::bench::run_positions(a),
         Command::Bench(BenchCommand::Span(a)) => crate::bench::run_span(a),
         Command::Bench(BenchCommand::SpanOne(a)) => crate::bench::run_span_one(a),
+        Command::Bench(BenchCommand::TrainStep(a)) => crate::bench::run_train_step(a),
+        Command::Bench(BenchCommand::TrainStepOne(a)) => crate::bench::run_train_step_one(a),
+        Command::Serve(a) => crate::serve::run(a),
     }
 }

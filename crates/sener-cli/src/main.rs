@@ -6,6 +6,7 @@ mod data_cmds;
 mod encode;
 mod extract;
 mod score;
+mod serve;
 mod train;
 
 use std::process::ExitCode;

@@ -3,8 +3,12 @@
 
 use std::path::PathBuf;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use anyhow::{bail, Context, Result};
-use sener::train::trainer::{train, TrainConfig};
+use indicatif::{ProgressBar, ProgressStyle};
+use sener::train::trainer::{train_with, Progress, TrainConfig, TrainHooks};
 
 use crate::cli::TrainArgs;
 
@@ -68,8 +72,41 @@ pub fn run(a: TrainArgs) -> Result<()> {
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
     let mut log = std::io::LineWriter::new(file);
-    let report = train(&cfg, &device, &mut log).context("training")?;
+    // First Ctrl-C (or SIGTERM): finish the optimiser step, write the resume checkpoint, exit
+    // cleanly. A second one exits at once (the last periodic checkpoint still resumes).
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                eprintln!("\nsecond interrupt: exiting without a new checkpoint");
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupt: stopping after this optimiser step (Ctrl-C again to quit now)");
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} micro-batches  {msg}  ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let progress = |p: &Progress| {
+        bar.set_length(p.micros as u64);
+        bar.set_position(p.micro as u64);
+        bar.set_prefix(format!("epoch {}/{}", p.epoch + 1, p.epochs));
+        let tps = if p.seconds > 0.0 { p.tokens as f64 / p.seconds } else { 0.0 };
+        bar.set_message(format!("step {}/{}  loss {:.4}  lr {:.2e}  {:.0} tok/s", p.step, p.total_steps, p.loss, p.lr_new, tps));
+    };
+    let hooks = TrainHooks { stop: Some(stop), progress: Some(Box::new(progress)) };
+    let report = train_with(&cfg, &device, &mut log, hooks).context("training")?;
+    bar.finish_and_clear();
     eprintln!("{}", serde_json::to_string_pretty(&report)?);
-    eprintln!("model -> {}, metrics -> {}", out.display(), log_path.display());
+    if report.interrupted {
+        eprintln!("interrupted: resume with the same command plus --resume (checkpoint in {}.resume)", out.display());
+    } else {
+        eprintln!("model -> {}, metrics -> {}", out.display(), log_path.display());
+    }
     Ok(())
 }

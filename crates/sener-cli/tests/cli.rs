@@ -273,7 +273,8 @@ fn extract_reads_files_and_stdin_and_reports_bad_input() {
 }
 
 /// A training run killed with SIGKILL mid-run and resumed ends with exactly the weights of an
-/// uninterrupted run (tiny DeBERTa fixture, synthetic data).
+/// uninterrupted run (tiny DeBERTa fixture, synthetic data); so does one stopped with Ctrl-C
+/// (SIGINT), which must exit cleanly after writing its checkpoint.
 #[test]
 fn train_killed_and_resumed_equals_uninterrupted() {
     use std::os::unix::process::ExitStatusExt;
@@ -317,25 +318,30 @@ fn train_killed_and_resumed_equals_uninterrupted() {
         .unwrap();
         p
     };
-    let (a, b) = (config("a"), config("b"));
+    let (a, b, c) = (config("a"), config("b"), config("c"));
     let o = sener(&["train", "--config", a.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sener"))
-        .args(["train", "--config", b.to_str().unwrap()])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let log = dir.join("b/model.metrics.jsonl");
-    let started = std::time::Instant::now();
-    loop {
-        let steps = std::fs::read_to_string(&log).unwrap_or_default().lines().filter(|l| l.contains("\"step\"") && l.contains("\"event\":\"step\"")).count();
-        if steps >= 4 {
-            break;
+    // Starts a run and returns once its log shows `steps` optimiser steps.
+    let start = |cfg: &PathBuf, name: &str, steps: usize| {
+        let child = Command::new(env!("CARGO_BIN_EXE_sener"))
+            .args(["train", "--config", cfg.to_str().unwrap()])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = dir.join(format!("{name}/model.metrics.jsonl"));
+        let started = std::time::Instant::now();
+        loop {
+            let done = std::fs::read_to_string(&log).unwrap_or_default().lines().filter(|l| l.contains("\"event\":\"step\"")).count();
+            if done >= steps {
+                break;
+            }
+            assert!(started.elapsed().as_secs() < 120, "run {name} made no progress");
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        assert!(started.elapsed().as_secs() < 120, "run b made no progress");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+        (child, log)
+    };
+    let (mut child, log) = start(&b, "b", 4);
     child.kill().unwrap(); // SIGKILL
     let status = child.wait().unwrap();
     assert_eq!(status.signal(), Some(9), "run b must be killed mid-run, not finish (status {status:?})");
@@ -343,12 +349,26 @@ fn train_killed_and_resumed_equals_uninterrupted() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(std::fs::read_to_string(&log).unwrap().contains("\"event\":\"resume\""));
 
+    // Ctrl-C: a clean exit (status 0) with a checkpoint at a step boundary, then an exact resume.
+    let (child, log_c) = start(&c, "c", 3);
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "Ctrl-C must exit cleanly: {:?}\n{err}", out.status);
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(std::fs::read_to_string(&log_c).unwrap().contains("\"event\":\"interrupted\""));
+    let o = sener(&["train", "--config", c.to_str().unwrap(), "--resume"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
     let pa = candle_core::safetensors::load(dir.join("a/model.resume/params.safetensors"), &Device::Cpu).unwrap();
-    let pb = candle_core::safetensors::load(dir.join("b/model.resume/params.safetensors"), &Device::Cpu).unwrap();
-    assert_eq!(pa.len(), pb.len());
-    for (name, ta) in &pa {
-        let (x, y): (Vec<f32>, Vec<f32>) = (ta.flatten_all().unwrap().to_vec1().unwrap(), pb[name].flatten_all().unwrap().to_vec1().unwrap());
-        assert_eq!(x, y, "{name} differs after resume");
+    for run in ["b", "c"] {
+        let pb = candle_core::safetensors::load(dir.join(format!("{run}/model.resume/params.safetensors")), &Device::Cpu).unwrap();
+        assert_eq!(pa.len(), pb.len());
+        for (name, ta) in &pa {
+            let (x, y): (Vec<f32>, Vec<f32>) = (ta.flatten_all().unwrap().to_vec1().unwrap(), pb[name].flatten_all().unwrap().to_vec1().unwrap());
+            assert_eq!(x, y, "{name} differs after resuming run {run}");
+        }
     }
     std::fs::remove_dir_all(dir).ok();
 }

@@ -473,54 +473,131 @@ fn first_argmax(it: impl Iterator<Item = (usize, f32)>) -> (usize, f32) {
 /// offset is that word's index), which is where this inclusive merge takes effect.
 ///
 /// Returns the spans sorted by `(start, end, label)`.
+// Accepted spans are indexed by (label, start): a new span [s, e] can only overlap an accepted
+// [s1, e1] of its label with s − L ≤ s1 ≤ e, L being the longest accepted length of that label,
+// so only that key range is scanned (a plain scan of every accepted span per new span was
+// quadratic: hours for a 10 MB text with millions of predicted spans). The test module keeps the
+// plain scan as the reference.
 pub fn merge_segments(segments: &[(usize, Vec<Span>)]) -> Vec<Span> {
-    // Accepted set: (start, end, label) -> score.
+    // (label, start, end) -> score, and per label an upper bound on end − start of its entries.
     let mut accepted: BTreeMap<(usize, usize, usize), f32> = BTreeMap::new();
+    let mut longest: BTreeMap<usize, usize> = BTreeMap::new();
     for (offset, spans) in segments {
         let mut removed: Vec<(usize, usize, usize)> = Vec::new();
         let mut added: Vec<((usize, usize, usize), f32)> = Vec::new();
         for sp in spans {
-            let (s, e, t) = (
-                sp.start.saturating_add(*offset),
-                sp.end.saturating_add(*offset),
-                sp.label,
-            );
+            let (s, e, t) = (sp.start.saturating_add(*offset), sp.end.saturating_add(*offset), sp.label);
             let mut merged = false;
-            for (&(s1, e1, t1), &score1) in &accepted {
-                if t1 == t && s1 <= e && s <= e1 {
-                    merged = true;
-                    removed.push((s1, e1, t1));
-                    added.push(((s1.min(s), e1.max(e), t), score1.max(sp.score)));
+            if let Some(&len) = longest.get(&t) {
+                let lo = s.saturating_sub(len);
+                if lo <= e {
+                    for (&(_, s1, e1), &score1) in accepted.range((t, lo, 0)..=(t, e, usize::MAX)) {
+                        if s <= e1 {
+                            merged = true;
+                            removed.push((t, s1, e1));
+                            added.push(((t, s1.min(s), e1.max(e)), score1.max(sp.score)));
+                        }
+                    }
                 }
             }
             if !merged {
-                added.push(((s, e, t), sp.score));
+                added.push(((t, s, e), sp.score));
             }
         }
         for key in &removed {
             accepted.remove(key);
         }
-        for (key, score) in added {
-            accepted
-                .entry(key)
-                .and_modify(|old| *old = old.max(score))
-                .or_insert(score);
+        for ((t, s, e), score) in added {
+            let l = longest.entry(t).or_insert(0);
+            *l = (*l).max(e.saturating_sub(s));
+            accepted.entry((t, s, e)).and_modify(|old| *old = old.max(score)).or_insert(score);
         }
     }
-    accepted
-        .into_iter()
-        .map(|((start, end, label), score)| Span {
-            start,
-            end,
-            label,
-            score,
-        })
-        .collect()
+    let mut out: Vec<Span> = accepted.into_iter().map(|((label, start, end), score)| Span { start, end, label, score }).collect();
+    out.sort_by_key(|a| (a.start, a.end, a.label));
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The merge as first written: every accepted span scanned for every new one.
+    fn merge_segments_reference(segments: &[(usize, Vec<Span>)]) -> Vec<Span> {
+        // Accepted set: (start, end, label) -> score.
+        let mut accepted: BTreeMap<(usize, usize, usize), f32> = BTreeMap::new();
+        for (offset, spans) in segments {
+            let mut removed: Vec<(usize, usize, usize)> = Vec::new();
+            let mut added: Vec<((usize, usize, usize), f32)> = Vec::new();
+            for sp in spans {
+                let (s, e, t) = (
+                    sp.start.saturating_add(*offset),
+                    sp.end.saturating_add(*offset),
+                    sp.label,
+                );
+                let mut merged = false;
+                for (&(s1, e1, t1), &score1) in &accepted {
+                    if t1 == t && s1 <= e && s <= e1 {
+                        merged = true;
+                        removed.push((s1, e1, t1));
+                        added.push(((s1.min(s), e1.max(e), t), score1.max(sp.score)));
+                    }
+                }
+                if !merged {
+                    added.push(((s, e, t), sp.score));
+                }
+            }
+            for key in &removed {
+                accepted.remove(key);
+            }
+            for (key, score) in added {
+                accepted
+                    .entry(key)
+                    .and_modify(|old| *old = old.max(score))
+                    .or_insert(score);
+            }
+        }
+        accepted
+            .into_iter()
+            .map(|((start, end, label), score)| Span {
+                start,
+                end,
+                label,
+                score,
+            })
+            .collect()
+    }
+
+    /// The indexed merge equals the plain all-pairs scan on random overlapping segments
+    /// (nested, chained and repeated spans, several labels, consecutive and overlapping offsets).
+    #[test]
+    fn indexed_merge_equals_merge_segments() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| -> usize {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 33) % n as u64) as usize
+        };
+        for case in 0..400 {
+            let n_seg = 1 + next(6);
+            let seg_words = 3 + next(12);
+            let mut offset = 0usize;
+            let mut segments = Vec::new();
+            for _ in 0..n_seg {
+                let mut spans = Vec::new();
+                for _ in 0..next(3 + case % 20) {
+                    let s = next(seg_words);
+                    let e = (s + next(5)).min(seg_words - 1);
+                    // A few malformed spans (start after end) too: both must agree on them.
+                    let (s, e) = if next(50) == 0 { (e + 1, s) } else { (s, e) };
+                    spans.push(Span { start: s, end: e, label: next(3), score: next(1000) as f32 / 1000.0 });
+                }
+                segments.push((offset, spans));
+                offset += 1 + next(seg_words);
+            }
+            assert_eq!(merge_segments(&segments), merge_segments_reference(&segments), "case {case}: {segments:?}");
+        }
+    }
+
 
     /// Background logit: σ(−20) ≈ 2.1e-9, far below any threshold.
     const LOW: f32 = -20.0;

@@ -184,13 +184,57 @@ impl Sener {
 }
 
 impl SenerConfig {
-    /// The base encoder folder, resolved against the model folder.
+    /// The base encoder folder: the path as written (relative paths against the model folder),
+    /// else a folder of the same name in the sener cache ([`cache_dir`]), where
+    /// `tools/setup-minilm.sh` puts the encoder a shipped model names. The first one that exists;
+    /// the path as written when none does (so the error names it). The sha256 in `sener.json`
+    /// is checked at load whichever folder is found.
     pub fn base_dir(&self, model_dir: &Path) -> PathBuf {
-        if self.base.path.is_absolute() {
-            self.base.path.clone()
-        } else {
-            model_dir.join(&self.base.path)
+        resolve_base(&self.base.path, model_dir, cache_dir().as_deref())
+    }
+}
+
+/// The sener cache folder: `$SENER_CACHE`, else `$HOME/.cache/sener`.
+pub fn cache_dir() -> Option<PathBuf> {
+    match std::env::var_os("SENER_CACHE") {
+        Some(d) if !d.is_empty() => Some(PathBuf::from(d)),
+        _ => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sener")),
+    }
+}
+
+fn resolve_base(path: &Path, model_dir: &Path, cache: Option<&Path>) -> PathBuf {
+    let primary = if path.is_absolute() { path.to_path_buf() } else { model_dir.join(path) };
+    if primary.is_dir() {
+        return primary;
+    }
+    if let (Some(cache), Some(name)) = (cache, path.file_name()) {
+        let cached = cache.join(name);
+        if cached.is_dir() {
+            return cached;
         }
+    }
+    primary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_is_found_beside_the_model_then_in_the_cache() {
+        let root = std::env::temp_dir().join(format!("sener-base-{}", std::process::id()));
+        let (model, cache) = (root.join("model"), root.join("cache"));
+        std::fs::create_dir_all(cache.join("enc")).unwrap();
+        std::fs::create_dir_all(&model).unwrap();
+        // not beside the model: the cache copy
+        assert_eq!(resolve_base(Path::new("enc"), &model, Some(&cache)), cache.join("enc"));
+        assert_eq!(resolve_base(&root.join("gone/enc"), &model, Some(&cache)), cache.join("enc"));
+        // beside the model wins
+        std::fs::create_dir_all(model.join("enc")).unwrap();
+        assert_eq!(resolve_base(Path::new("enc"), &model, Some(&cache)), model.join("enc"));
+        // nowhere: the path as written, for the error message
+        assert_eq!(resolve_base(Path::new("other"), &model, Some(&cache)), model.join("other"));
+        std::fs::remove_dir_all(root).ok();
     }
 }
 

@@ -138,10 +138,10 @@ impl BiSpaBlock {
         ln2.forward(&(y + h)?, ctx)
     }
 
-    /// Whether the fused ops apply: gradient passes (where they save the kept intermediates) in
-    /// f32 on the CPU. Inference keeps candle's faster matmuls; nothing is kept there anyway.
-    fn fused(&self, x: &Tensor, ctx: &ForwardCtx) -> bool {
-        ctx.grad && x.dtype() == candle_core::DType::F32 && x.device().is_cpu() && !self.force_composite
+    /// Whether the fused ops apply: f32 on the CPU, in gradient passes (where they save the kept
+    /// intermediates) and at inference (no `[rows, K, K]` score tensor, fewer band passes).
+    fn fused(&self, x: &Tensor, _ctx: &ForwardCtx) -> bool {
+        x.dtype() == candle_core::DType::F32 && x.device().is_cpu() && !self.force_composite
     }
 
     /// The 3×3 band convolution: fused op in gradient passes, nine shifted matmuls otherwise.

@@ -166,9 +166,41 @@ fn prepare(path: &Path, docs: Vec<Document>, tok: &mut WordTokenizer, special: &
     Ok(split)
 }
 
+/// Where a run stands, for progress displays (sent after every micro-batch).
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub epoch: usize,
+    pub epochs: usize,
+    /// Micro-batches done in this epoch / in it.
+    pub micro: usize,
+    pub micros: usize,
+    /// Optimiser steps done / planned.
+    pub step: usize,
+    pub total_steps: usize,
+    /// Loss of the last optimiser step (NaN before the first).
+    pub loss: f64,
+    pub lr_new: f64,
+    /// Subword tokens trained on since this process started, and the seconds it took.
+    pub tokens: usize,
+    pub seconds: f64,
+}
+
+/// Hooks into a run: a stop flag (set by a Ctrl-C handler: the run stops at the next optimiser
+/// step boundary, writes its resume checkpoint and returns with `interrupted`), and a progress
+/// callback.
+#[derive(Default)]
+pub struct TrainHooks<'a> {
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    pub progress: Option<Box<dyn FnMut(&Progress) + 'a>>,
+}
+
 /// Outcome of a run.
 #[derive(Debug, serde::Serialize)]
 pub struct TrainReport {
+    /// Stopped early by the stop flag (resume with `resume = true`).
+    pub interrupted: bool,
+    /// Highest resident set size of the process (Linux), MiB.
+    pub peak_rss_mib: Option<f64>,
     pub steps: usize,
     pub epochs: usize,
     pub best_epoch: Option<usize>,
@@ -304,7 +336,16 @@ fn save_resume(dir: &Path, model: &Sener, opt: &AdamW, state: &ResumeState) -> R
 
 /// Runs training; `log` receives one JSON line per optimiser step and per evaluation.
 pub fn train(cfg: &TrainConfig, device: &Device, log: &mut dyn Write) -> Result<TrainReport> {
+    train_with(cfg, device, log, TrainHooks::default())
+}
+
+/// [`train`] with a stop flag and a progress callback.
+pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut hooks: TrainHooks) -> Result<TrainReport> {
     let t0 = Instant::now();
+    let stop_flag = hooks.stop.clone();
+    let stop_requested = || stop_flag.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
+    let mut interrupted = false;
+    let mut tokens = 0usize;
     if cfg.micro_batch == 0 || cfg.batch_size == 0 || cfg.batch_size % cfg.micro_batch != 0 {
         return Err(Error::Input(format!("batch_size {} must be a positive multiple of micro_batch {}", cfg.batch_size, cfg.micro_batch)));
     }
@@ -431,6 +472,7 @@ pub fn train(cfg: &TrainConfig, device: &Device, log: &mut dyn Write) -> Result<
                     (ids, ex.seg.indexes.clone(), ex.seg.n_words)
                 })
                 .collect();
+            tokens += rows.iter().map(|r| r.0.len()).sum::<usize>();
             let batch = Batch::new(&rows, special.pad, device)?;
             let n = batch.words.iter().copied().max().unwrap_or(1);
             let gold: Vec<Vec<GoldSpan>> = idxs.iter().map(|&i| train_split.examples[i].gold.clone()).collect();
@@ -457,7 +499,8 @@ pub fn train(cfg: &TrainConfig, device: &Device, log: &mut dyn Write) -> Result<
                 last_loss = acc_loss;
                 let line = serde_json::json!({"event": "step", "epoch": epoch, "step": opt.step, "loss": acc_loss,
                     "grad_norm": info.grad_norm, "lr_new": cfg.lr_new * factor, "lr_encoder": cfg.lr_encoder * factor,
-                    "seconds": t0.elapsed().as_secs_f64()});
+                    "seconds": t0.elapsed().as_secs_f64(), "tokens": tokens,
+                    "peak_rss_mib": crate::mem::peak_rss().map(|b| b as f64 / (1 << 20) as f64)});
                 writeln!(log, "{line}").map_err(|e| Error::io("metrics log", e))?;
                 acc.clear();
                 acc_loss = 0.0;
@@ -468,6 +511,27 @@ pub fn train(cfg: &TrainConfig, device: &Device, log: &mut dyn Write) -> Result<
                 if opt.step >= total {
                     break 'epochs;
                 }
+                if stop_requested() {
+                    save_resume(&rdir, &model, &opt, &snapshot(epoch, mi + 1, opt.step, best, &rng, &ctx))?;
+                    writeln!(log, "{}", serde_json::json!({"event": "interrupted", "epoch": epoch, "step": opt.step}))
+                        .map_err(|e| Error::io("metrics log", e))?;
+                    interrupted = true;
+                    break 'epochs;
+                }
+            }
+            if let Some(cb) = hooks.progress.as_mut() {
+                cb(&Progress {
+                    epoch,
+                    epochs: cfg.epochs,
+                    micro: mi + 1,
+                    micros: micro.len(),
+                    step: opt.step,
+                    total_steps: total,
+                    loss: last_loss,
+                    lr_new: cfg.lr_new * linear_schedule(opt.step, warmup, total),
+                    tokens,
+                    seconds: t0.elapsed().as_secs_f64(),
+                });
             }
         }
         if let Some(dev) = &dev_split {
@@ -490,10 +554,12 @@ pub fn train(cfg: &TrainConfig, device: &Device, log: &mut dyn Write) -> Result<
             save_resume(&rdir, &model, &opt, &snapshot(epoch + 1, 0, opt.step, best, &rng, &ctx))?;
         }
     }
-    if dev_split.is_none() || best.is_none() {
+    if !interrupted && (dev_split.is_none() || best.is_none()) {
         save_atomic(&model, &cfg.output)?;
     }
     Ok(TrainReport {
+        interrupted,
+        peak_rss_mib: crate::mem::peak_rss().map(|b| b as f64 / (1 << 20) as f64),
         unreachable_entities: train_split.unreachable,
         train_segments: train_split.examples.len(),
         steps: opt.step,

@@ -1,0 +1,524 @@
+//! `sener serve`: an HTTP/JSON server around one loaded model (routes and JSON in `docs/api.md`).
+//!
+//! - The model lives on one dedicated OS thread (`sener-model`); the async runtime never runs
+//!   model code. Requests reach it through a bounded queue (`--queue` waiting requests); a request
+//!   that finds the queue full is answered 503 with `Retry-After` at once.
+//! - The worker takes the oldest waiting request and then everything else already queued, up to
+//!   `--batch-texts` texts, groups the texts by their decoding options (threshold, flat) and runs
+//!   `Extractor::extract_batch` once per group, then answers each request on its own channel.
+//! - Every `/v1/extract` request has one deadline (`--timeout-secs`) covering body upload, queue
+//!   wait and model time; past it the client gets 504. A request whose client has gone (timed out
+//!   or disconnected) before the worker reaches it is skipped; a text already on the model runs to
+//!   the end (candle cannot be interrupted).
+//! - SIGINT / SIGTERM: the listener closes, requests in flight (queued ones included) are
+//!   finished and answered, the worker drains and stops, the process exits 0. A second signal
+//!   during the drain exits at once with status 130.
+
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use sener::decode::{DecodeOptions, Threshold};
+use sener::extract::{Entity, ExtractOptions, Extraction, Extractor};
+use sener_data::segment::SegmentConfig;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cli::ServeArgs;
+
+/// Response header of `/v1/extract`: how many requests shared the model call that answered it.
+const BATCH_HEADER: &str = "x-sener-batch-requests";
+
+/// Seconds a client is told to wait after a 503.
+const RETRY_AFTER_SECS: u32 = 1;
+
+/// Validated server settings.
+#[derive(Clone, Debug)]
+struct Limits {
+    max_body_bytes: usize,
+    max_text_chars: usize,
+    max_batch: usize,
+    queue: usize,
+    batch_texts: usize,
+    timeout: Duration,
+}
+
+impl Limits {
+    fn from_args(a: &ServeArgs) -> Result<Self> {
+        for (name, v) in [
+            ("--max-body-bytes", a.max_body_bytes),
+            ("--max-text-chars", a.max_text_chars),
+            ("--max-batch", a.max_batch),
+            ("--queue", a.queue),
+            ("--batch-texts", a.batch_texts),
+        ] {
+            if v == 0 {
+                bail!("{name} must be at least 1");
+            }
+        }
+        if !(a.timeout_secs.is_finite() && a.timeout_secs > 0.0 && a.timeout_secs <= 1e9) {
+            bail!("--timeout-secs {}: expected a positive number of seconds", a.timeout_secs);
+        }
+        Ok(Self {
+            max_body_bytes: a.max_body_bytes,
+            max_text_chars: a.max_text_chars,
+            max_batch: a.max_batch,
+            queue: a.queue,
+            batch_texts: a.batch_texts,
+            timeout: Duration::from_secs_f64(a.timeout_secs),
+        })
+    }
+}
+
+/// A JSON error answer: `{"error": {"code": …, "message": …}}`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut r = json_response(self.status, &body);
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        r
+    }
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response {
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], v.to_string()).into_response()
+}
+
+/// Decoding options of one request; requests with equal options share a model batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct JobOptions {
+    threshold: f32,
+    flat: bool,
+}
+
+/// Why the worker could not answer a job.
+#[derive(Debug)]
+enum JobError {
+    /// The library rejected the input (`sener::Error::Input`).
+    Input(String),
+    /// Anything else: a model error or a panic inside the model code.
+    Internal(String),
+}
+
+/// Results of one job, and how many requests shared its `extract_batch` call.
+struct Done {
+    results: Vec<Extraction>,
+    batch_requests: usize,
+}
+
+type JobResult = std::result::Result<Done, JobError>;
+
+/// One request's texts on their way to the model.
+struct Job {
+    texts: Vec<String>,
+    options: JobOptions,
+    reply: oneshot::Sender<JobResult>,
+}
+
+struct AppState {
+    queue: mpsc::Sender<Job>,
+    limits: Limits,
+    default_threshold: f32,
+    /// The `/v1/model` answer, built once.
+    model_info: Value,
+}
+
+/// The request body of `POST /v1/extract`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExtractRequest {
+    text: Option<String>,
+    texts: Option<Vec<String>>,
+    threshold: Option<f32>,
+    #[serde(default)]
+    flat: bool,
+    #[serde(default)]
+    byte_offsets: bool,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let limits = Limits::from_args(&a)?;
+    if !(0.0..=1.0).contains(&a.threshold) {
+        bail!("--threshold {} is not a probability", a.threshold);
+    }
+    // Bind first: a taken address fails before the (possibly long) model load.
+    let listener = std::net::TcpListener::bind(a.addr.as_str()).with_context(|| format!("binding {}", a.addr))?;
+    listener.set_nonblocking(true).context("setting the listener non-blocking")?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+
+    let device = crate::cli::parse_device(&a.device)?;
+    let mut ex = Extractor::load_on(&a.model, &device).with_context(|| format!("loading model {}", a.model.display()))?;
+    let segments = SegmentConfig { max_len: a.max_len.unwrap_or(ex.model.config.max_len), overlap: a.overlap };
+    segments.validate().context("--max-len / --overlap")?;
+    let base = ExtractOptions {
+        decode: DecodeOptions { threshold: Threshold::Global(a.threshold), ..DecodeOptions::default() },
+        max_len: a.max_len,
+        overlap: a.overlap,
+    };
+    ex.options = base.clone();
+    let model_info = model_info(&ex, &a, &limits);
+
+    let (tx, rx) = mpsc::channel::<Job>(limits.queue);
+    let batch_texts = limits.batch_texts;
+    let worker = std::thread::Builder::new()
+        .name("sener-model".into())
+        .spawn(move || worker(ex, base, rx, batch_texts))
+        .context("starting the model thread")?;
+
+    let state = Arc::new(AppState { queue: tx, limits: limits.clone(), default_threshold: a.threshold, model_info });
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let served = rt.block_on(serve(listener, addr, state));
+    // The router (and with it the queue's only sender) is gone: the worker finishes what it holds
+    // and returns.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    let worker_result = worker.join();
+    served?;
+    if worker_result.is_err() {
+        bail!("the model thread panicked");
+    }
+    eprintln!("stopped");
+    Ok(())
+}
+
+async fn serve(listener: std::net::TcpListener, addr: SocketAddr, state: Arc<AppState>) -> Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener).context("registering the listener")?;
+    let app = router(state);
+    // Handlers first: a signal sent as soon as the address is printed must already be ours.
+    let signals = Signals::install()?;
+    println!("listening on http://{addr}");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal(signals)).await.context("serving HTTP")?;
+    Ok(())
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    let body_limit = state.limits.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/model", get(model))
+        .route("/v1/extract", post(extract))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// SIGTERM and SIGINT streams.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one ends the process at once.
+async fn shutdown_signal(mut signals: Signals) {
+    let which = signals.next().await;
+    eprintln!("{which}: not accepting new connections; finishing requests in flight (signal again to stop now)");
+    tokio::spawn(async move {
+        let which = signals.next().await;
+        eprintln!("{which} again: stopping now");
+        std::process::exit(130);
+    });
+}
+
+async fn healthz(State(st): State<Arc<AppState>>) -> Response {
+    if st.queue.is_closed() {
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "unavailable"}));
+    }
+    json_response(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+async fn model(State(st): State<Arc<AppState>>) -> Response {
+    json_response(StatusCode::OK, &st.model_info)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route {}", req.uri().path()))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn extract(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    match tokio::time::timeout(st.limits.timeout, extract_inner(&st, req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => e.into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("the request took longer than {} s", st.limits.timeout.as_secs_f64()),
+        )
+        .into_response(),
+    }
+}
+
+async fn extract_inner(st: &AppState, req: Request) -> std::result::Result<Response, ApiError> {
+    let body = Bytes::from_request(req, &()).await.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the request body exceeds {} bytes", st.limits.max_body_bytes),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_body", rej.body_text())
+        }
+    })?;
+    let r: ExtractRequest = serde_json::from_slice(&body).map_err(|e| {
+        let code = if e.is_data() { "invalid_request" } else { "invalid_json" };
+        ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
+    })?;
+    let (texts, single) = match (r.text, r.texts) {
+        (Some(t), None) => (vec![t], true),
+        (None, Some(ts)) => (ts, false),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", "give either `text` or `texts`, not both"))
+        }
+        (None, None) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "missing field: `text` (a string) or `texts` (an array of strings)",
+            ))
+        }
+    };
+    let threshold = r.threshold.unwrap_or(st.default_threshold);
+    if !(0.0..=1.0).contains(&threshold) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_threshold",
+            format!("threshold {threshold} is not a probability in [0, 1]"),
+        ));
+    }
+    if texts.len() > st.limits.max_batch {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_many_texts",
+            format!("{} texts; at most {} per request", texts.len(), st.limits.max_batch),
+        ));
+    }
+    for (i, t) in texts.iter().enumerate() {
+        // Bytes bound code points from above: count only when it can matter.
+        if t.len() > st.limits.max_text_chars {
+            let n = t.chars().count();
+            if n > st.limits.max_text_chars {
+                let which = if single { "the text".to_string() } else { format!("texts[{i}]") };
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "text_too_long",
+                    format!("{which} has {n} characters; at most {} per text", st.limits.max_text_chars),
+                ));
+            }
+        }
+    }
+
+    let (reply, answer) = oneshot::channel();
+    let job = Job { texts, options: JobOptions { threshold, flat: r.flat }, reply };
+    st.queue.try_send(job).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue_full",
+            format!("{} requests are already waiting for the model; retry later", st.limits.queue),
+        ),
+        mpsc::error::TrySendError::Closed(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the model worker has stopped")
+        }
+    })?;
+    let Done { results, batch_requests } = match answer.await {
+        Ok(Ok(d)) => d,
+        Ok(Err(JobError::Input(m))) => return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", m)),
+        Ok(Err(JobError::Internal(m))) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)),
+        Err(_) => {
+            return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the model worker dropped the request"))
+        }
+    };
+    let body = if single {
+        match results.first() {
+            Some(x) => extraction_json(x, r.byte_offsets),
+            None => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no result for the text")),
+        }
+    } else {
+        json!({"results": results.iter().map(|x| extraction_json(x, r.byte_offsets)).collect::<Vec<_>>()})
+    };
+    let mut resp = json_response(StatusCode::OK, &body);
+    resp.headers_mut().insert(BATCH_HEADER, HeaderValue::from(batch_requests));
+    Ok(resp)
+}
+
+/// `{"entities", "words", "segments"}`: the fields `sener extract` prints for a document; an
+/// entity is `sener::extract::Entity` as serialised there, minus the byte offsets unless asked.
+fn extraction_json(x: &Extraction, byte_offsets: bool) -> Value {
+    let entities: Vec<Value> = x.entities.iter().map(|e| entity_json(e, byte_offsets)).collect();
+    json!({"entities": entities, "words": x.words, "segments": x.segments})
+}
+
+fn entity_json(e: &Entity, byte_offsets: bool) -> Value {
+    let mut v = serde_json::to_value(e).unwrap_or_else(|err| json!({"error": err.to_string()}));
+    if !byte_offsets {
+        if let Some(m) = v.as_object_mut() {
+            m.remove("byte_start");
+            m.remove("byte_end");
+        }
+    }
+    v
+}
+
+fn model_info(ex: &Extractor, a: &ServeArgs, limits: &Limits) -> Value {
+    let c = &ex.model.config;
+    let enc = &ex.model.encoder;
+    let name = c.base.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| c.base.path.display().to_string());
+    json!({
+        "labels": c.labels,
+        "span_window": c.span.window,
+        "max_span_words": c.span.window + 1,
+        "arrow_window": c.arrow.window,
+        "arrow": c.arrow,
+        "max_len": a.max_len.unwrap_or(c.max_len),
+        "overlap": a.overlap,
+        "encoder": {
+            "name": name,
+            "kind": enc.kind(),
+            "hidden_size": enc.hidden_size(),
+            "layers": enc.num_layers(),
+            "heads": enc.num_heads(),
+        },
+        "base_sha256": c.base.sha256,
+        "lora": c.lora,
+        "default_threshold": a.threshold,
+        "device": a.device,
+        "limits": {
+            "max_body_bytes": limits.max_body_bytes,
+            "max_text_chars": limits.max_text_chars,
+            "max_batch": limits.max_batch,
+            "queue": limits.queue,
+            "batch_texts": limits.batch_texts,
+            "timeout_secs": limits.timeout.as_secs_f64(),
+        },
+    })
+}
+
+/// The model thread: takes the oldest job, then whatever else is already queued (up to
+/// `batch_texts` texts), runs it, answers, until every sender is gone.
+fn worker(mut ex: Extractor, base: ExtractOptions, mut rx: mpsc::Receiver<Job>, batch_texts: usize) {
+    let mut carried: Option<Job> = None;
+    loop {
+        let first = match carried.take() {
+            Some(j) => j,
+            None => match rx.blocking_recv() {
+                Some(j) => j,
+                None => return,
+            },
+        };
+        let mut n = first.texts.len();
+        let mut batch = vec![first];
+        while n < batch_texts {
+            match rx.try_recv() {
+                Ok(j) if n + j.texts.len() > batch_texts => {
+                    carried = Some(j);
+                    break;
+                }
+                Ok(j) => {
+                    n += j.texts.len();
+                    batch.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        // Clients that timed out or went away while waiting.
+        batch.retain(|j| !j.reply.is_closed());
+        run_batch(&mut ex, &base, batch);
+    }
+}
+
+/// Runs the jobs grouped by options, one `extract_batch` per group; a failing group is retried
+/// job by job so one bad request does not fail the others.
+fn run_batch(ex: &mut Extractor, base: &ExtractOptions, mut jobs: Vec<Job>) {
+    while let Some(first) = jobs.first() {
+        let opts = first.options;
+        let (group, rest): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.options == opts);
+        jobs = rest;
+        ex.options = ExtractOptions {
+            decode: DecodeOptions { threshold: Threshold::Global(opts.threshold), allow_nested: !opts.flat, ..base.decode.clone() },
+            ..base.clone()
+        };
+        let texts: Vec<&str> = group.iter().flat_map(|j| j.texts.iter().map(String::as_str)).collect();
+        let batch_requests = group.len();
+        match run_texts(ex, &texts) {
+            Ok(mut all) => {
+                for j in group {
+                    let rest = all.split_off(j.texts.len().min(all.len()));
+                    let results = std::mem::replace(&mut all, rest);
+                    let _ = j.reply.send(Ok(Done { results, batch_requests }));
+                }
+            }
+            Err(e) if group.len() == 1 => {
+                if let Some(j) = group.into_iter().next() {
+                    let _ = j.reply.send(Err(e));
+                }
+            }
+            Err(_) => {
+                for j in group {
+                    let texts: Vec<&str> = j.texts.iter().map(String::as_str).collect();
+                    let r = run_texts(ex, &texts).map(|results| Done { results, batch_requests: 1 });
+                    let _ = j.reply.send(r);
+                }
+            }
+        }
+    }
+}
+
+fn run_texts(ex: &mut Extractor, texts: &[&str]) -> std::result::Result<Vec<Extraction>, JobError> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| ex.extract_batch(texts))) {
+        Ok(Ok(r)) if r.len() == texts.len() => Ok(r),
+        Ok(Ok(r)) => Err(JobError::Internal(format!("{} results for {} texts", r.len(), texts.len()))),
+        Ok(Err(sener::Error::Input(m))) => Err(JobError::Input(m)),
+        Ok(Err(e)) => Err(JobError::Internal(e.to_string())),
+        Err(p) => {
+            let m = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+            Err(JobError::Internal(format!("the model code panicked: {}", m.unwrap_or_default())))
+        }
+    }
+}
