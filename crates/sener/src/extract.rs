@@ -2,7 +2,7 @@
 //!
 //! ```no_run
 //! # fn main() -> sener::Result<()> {
-//! let mut ex = sener::extract::Extractor::load(std::path::Path::new("models/sener-scholar-xl"))?;
+//! let mut ex = sener::extract::Extractor::load(std::path::Path::new("models/sener-minilm-scholarxl"))?;
 //! let out = ex.extract("Jie Tang is a professor at Tsinghua University. His interests include data mining.")?;
 //! for e in &out.entities {
 //!     println!("{} [{}..{}) {:?} {:.2}", e.label, e.start, e.end, e.text, e.score);
