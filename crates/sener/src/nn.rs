@@ -122,6 +122,16 @@ impl LayerNorm {
     }
 }
 
+/// The f32 data of a contiguous CPU tensor, as a custom op receives it; `op` names the op in the
+/// error for a non-contiguous input. Shared by every fused CPU op (`span::row_attention`,
+/// `span::band_conv`, `span::band::VerticalView`, [`LayerNormOp`]).
+pub fn cpu_f32<'a>(s: &'a candle_core::CpuStorage, l: &candle_core::Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
+        None => candle_core::bail!("{op} needs contiguous inputs"),
+    }
+}
+
 /// LayerNorm over the last axis of `[rows, c]` as one CPU f32 op with a hand-written backward
 /// (`nn::LayerNorm` uses it in gradient passes). Same arithmetic as the composite version: mean,
 /// centred values, biased variance, `x̂ = (x − μ)/√(σ² + ε)`, `y = x̂·w + b`.
@@ -164,22 +174,14 @@ impl candle_core::CustomOp3 for LayerNormOp {
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use rayon::prelude::*;
         let (_, c) = l1.shape().dims2()?;
-        let get = |s: &'_ candle_core::CpuStorage, l: &candle_core::Layout| -> candle_core::Result<Vec<f32>> {
-            match l.contiguous_offsets() {
-                Some((a, b)) => Ok(s.as_slice::<f32>()?[a..b].to_vec()),
-                None => candle_core::bail!("layer norm needs contiguous inputs"),
-            }
-        };
-        let (w, b) = (get(s2, l2)?, get(s3, l3)?);
+        let (x, w, b) = (cpu_f32(s1, l1, "layer norm")?, cpu_f32(s2, l2, "layer norm")?, cpu_f32(s3, l3, "layer norm")?);
         if w.len() != c || b.len() != c {
             candle_core::bail!("layer norm: input {:?}, weight {}, bias {}", l1.shape(), w.len(), b.len());
         }
-        let Some((start, end)) = l1.contiguous_offsets() else { candle_core::bail!("layer norm needs contiguous inputs") };
-        let x = &s1.as_slice::<f32>()?[start..end];
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(c).zip(x.par_chunks(c)).for_each(|(yr, xr)| {
             self.normalise(xr, yr);
-            for ((v, wi), bi) in yr.iter_mut().zip(&w).zip(&b) {
+            for ((v, wi), bi) in yr.iter_mut().zip(w).zip(b) {
                 *v = *v * wi + bi;
             }
         });

@@ -110,8 +110,7 @@ impl candle_core::CustomOp1 for VerticalView {
         if kk != 2 * self.w + 1 {
             candle_core::bail!("vertical view: {kk} band columns, window {}", self.w);
         }
-        let Some((start, end)) = l.contiguous_offsets() else { candle_core::bail!("vertical view needs a contiguous input") };
-        let x = &s.as_slice::<f32>()?[start..end];
+        let x = crate::nn::cpu_f32(s, l, "vertical view")?;
         let mut out = vec![0f32; b * n * kk * c];
         use rayon::prelude::*;
         out.par_chunks_mut(kk * c).enumerate().for_each(|(row, o)| {

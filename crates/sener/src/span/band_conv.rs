@@ -8,17 +8,9 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::nn::sgemm;
+use crate::nn::{cpu_f32, sgemm};
 
 pub struct BandConv3x3;
-
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("band conv needs contiguous inputs"),
-    }
-}
 
 /// `w[o,a,dy,dx]` → `[dy][dx][a][o]` (forward) or `[dy][dx][o][a]` (input gradient).
 fn reorder(w: &[f32], co: usize, ci: usize, transpose: bool) -> Vec<f32> {
@@ -82,8 +74,8 @@ impl CustomOp2 for BandConv3x3 {
         if (ci2, kh, kw) != (ci, 3, 3) {
             candle_core::bail!("band conv: input {:?}, weight {:?}", l1.shape(), l2.shape());
         }
-        let taps = reorder(contiguous(s2, l2)?, co, ci, false);
-        let y = correlate(contiguous(s1, l1)?, &taps, b, n, kk, ci, co, false);
+        let taps = reorder(cpu_f32(s2, l2, "band conv")?, co, ci, false);
+        let y = correlate(cpu_f32(s1, l1, "band conv")?, &taps, b, n, kk, ci, co, false);
         Ok((CpuStorage::F32(y), Shape::from((b, n, kk, co))))
     }
 

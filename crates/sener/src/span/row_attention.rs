@@ -16,7 +16,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::nn::sgemm;
+use crate::nn::{cpu_f32, sgemm};
 
 /// Keep decision of dropout cell (row, i, j) for `seed`: splitmix64 of the cell index → [0, 1).
 pub fn dropout_keep(seed: u64, row: usize, i: usize, j: usize, k: usize, keep: f32) -> bool {
@@ -34,14 +34,6 @@ pub struct RowAttention {
     /// Dropout probability on the attention weights (0: off).
     pub dropout: f32,
     pub seed: u64,
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("row attention needs contiguous inputs"),
-    }
 }
 
 impl RowAttention {
@@ -158,7 +150,7 @@ impl CustomOp3 for RowAttention {
         if l2.shape() != l1.shape() || l3.shape() != l1.shape() || self.valid.len() != r * kk {
             candle_core::bail!("row attention: q {:?}, k {:?}, v {:?}, mask {}", l1.shape(), l2.shape(), l3.shape(), self.valid.len());
         }
-        let (q, k, v) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let (q, k, v) = (cpu_f32(s1, l1, "row attention")?, cpu_f32(s2, l2, "row attention")?, cpu_f32(s3, l3, "row attention")?);
         let n = kk * c;
         let mut out = vec![0f32; r * n];
         out.par_chunks_mut(n).enumerate().for_each_init(
@@ -262,8 +254,7 @@ impl ProjectedRowAttention {
                 *v += b;
             }
         }
-        // Keep the unclamped P for the clamp gradient? |P| > 1e4 never reaches the attention; the
-        // mask is recomputed from the clamped value (= ±1e4 exactly) in the backward pass.
+        // The backward pass recomputes P and passes no gradient where it sits at ±1e4.
         for v in buf.p.iter_mut() {
             *v = v.clamp(-1e4, 1e4);
         }
@@ -284,7 +275,7 @@ impl CustomOp3 for ProjectedRowAttention {
         if l2.shape().dims() != [3 * c, c] || l3.shape().dims() != [3 * c] || self.attn.valid.len() != r * kk || self.sin.len() != kk * c {
             candle_core::bail!("projected row attention: x {:?}, w {:?}, b {:?}, mask {}", l1.shape(), l2.shape(), l3.shape(), self.attn.valid.len());
         }
-        let (x, w, bias) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let (x, w, bias) = (cpu_f32(s1, l1, "row attention")?, cpu_f32(s2, l2, "row attention")?, cpu_f32(s3, l3, "row attention")?);
         let n = kk * c;
         let mut out = vec![0f32; r * n];
         out.par_chunks_mut(n).enumerate().for_each_init(
