@@ -5,13 +5,8 @@ use std::process::Command;
 
 use candle_core::{DType, Device};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../sener/tests/fixtures").join(name)
-}
-
-fn sener(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_sener")).args(args).output().expect("running sener")
-}
+mod common;
+use common::{data, fixture, sener};
 
 #[test]
 fn encode_ids_matches_transformers() {
@@ -67,16 +62,6 @@ fn encode_reports_clear_errors() {
     // --window 0 is rejected up front.
     let o = sener(&["encode", "--model", m, "--ids", "1,2", "--window", "0", "--output", "/tmp/x.safetensors"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("--window"));
-}
-
-fn data(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(rel);
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!("SKIPPED: {} not found (the shared data folder sits beside the checkout)", p.display());
-        None
-    }
 }
 
 #[test]

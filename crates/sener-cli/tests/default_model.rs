@@ -5,14 +5,12 @@
 //! differs from the one it was trained on.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+mod common;
+use common::{data, sener};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn sener(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_sener")).args(args).output().unwrap()
 }
 
 /// A copy of the default model whose `sener.json` names this machine's MiniLM folder (the
@@ -67,11 +65,7 @@ fn default_model_extracts_from_a_long_document_with_exact_offsets() {
 /// loads wrongly (base, adapter, span side or decoding) falls far below these floors.
 #[test]
 fn default_model_keeps_its_quality_on_scholar_xl_test() {
-    let gold = repo().join("../shared/data/scholar-xl/test.jsonl");
-    if !gold.is_file() {
-        eprintln!("SKIPPED: {} not found", gold.display());
-        return;
-    }
+    let Some(gold) = data("scholar-xl/test.jsonl") else { return };
     let Some(dir) = model_copy("quality", |_| {}) else { return };
     let first: String = std::fs::read_to_string(&gold).unwrap().lines().take(20).map(|l| format!("{l}\n")).collect();
     let sub = dir.join("test20.jsonl");

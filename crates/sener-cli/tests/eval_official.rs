@@ -7,18 +7,11 @@ use std::process::Command;
 
 use serde_json::Value;
 
+mod common;
+use common::data;
+
 fn metric_fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/metric").join(name)
-}
-
-fn data(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(rel);
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!("SKIPPED: {} not found (the shared data folder sits beside the checkout)", p.display());
-        None
-    }
 }
 
 /// Counts equal, ratios equal to 1e-12 (both sides compute the same IEEE operations, so they are

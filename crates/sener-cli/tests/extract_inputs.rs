@@ -15,9 +15,8 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../sener/tests/fixtures").join(name)
-}
+mod common;
+use common::tiny_model;
 
 /// A fresh temporary folder holding a tiny model; removed on drop.
 struct Setup {
@@ -37,17 +36,7 @@ impl Setup {
         let dir = std::env::temp_dir().join(format!("sener-extract-inputs-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
         std::fs::remove_dir_all(&dir).ok();
         std::fs::create_dir_all(&dir).unwrap();
-        let model = dir.join("model");
-        let o = Command::new(env!("CARGO_BIN_EXE_sener"))
-            .args(["import-official", "--checkpoint"])
-            .arg(fixture("official_tiny.pth"))
-            .arg("--base")
-            .arg(fixture("deberta_v3_tiny_tok"))
-            .args(["--labels", "a,b,c,d,e", "--chunks-size", "4", "--biaffine-size", "10", "--cnn-dim", "8", "--output"])
-            .arg(&model)
-            .output()
-            .expect("running sener import-official");
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let model = tiny_model(&dir);
         Setup { dir, model }
     }
 

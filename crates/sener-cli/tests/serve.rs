@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -11,25 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../sener/tests/fixtures").join(name)
-}
-
-/// A tiny model folder (labels a–e, span window 4) in a fresh temporary folder `dir`.
-fn tiny_model(dir: &Path) -> PathBuf {
-    let out = dir.join("model");
-    let o = Command::new(env!("CARGO_BIN_EXE_sener"))
-        .args(["import-official", "--checkpoint"])
-        .arg(fixture("official_tiny.pth"))
-        .arg("--base")
-        .arg(fixture("deberta_v3_tiny_tok"))
-        .args(["--labels", "a,b,c,d,e", "--chunks-size", "4", "--biaffine-size", "10", "--cnn-dim", "8", "--output"])
-        .arg(&out)
-        .output()
-        .expect("running sener import-official");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    out
-}
+mod common;
+use common::tiny_model;
 
 /// Words the tiny tokenizer knows (w4…w96), `n` of them.
 fn long_text(n: usize, seed: usize) -> String {
