@@ -418,39 +418,41 @@ fn synthetic_segment(length: usize, vocab: u32, cls: u32, sep: u32) -> (Vec<u32>
 }
 
 pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
+    use sener::model::{BaseEncoder, Sener, SenerConfig};
     use sener::span::loss::{band_labels, bce_loss, GoldSpan};
     use sener::span::{band::Band, SpanConfig, SpanModel};
-    use sener::train::optim::{no_decay, AdamW, AdamWConfig, GroupConfig};
+    use sener::train::optim::{AdamW, AdamWConfig};
+    use sener::train::trainer::{paper_groups, TrainConfig};
     let dir = minilm_dir(&a.minilm).context("--minilm or $SENER_MINILM_DIR")?;
     let dev = Device::Cpu;
+    // The model and optimiser `sener train` builds, with the paper's defaults.
+    let recipe = TrainConfig::default();
     let mut encoder = Encoder::load(&dir, &EncoderOptions::default())?;
-    encoder.add_lora(&sener::encoder::lora::LoraConfig::default(), 0)?;
-    let span_cfg = SpanConfig::default();
+    encoder.add_lora(&recipe.lora, 0)?;
     let labels = 12;
-    let span = SpanModel::init(span_cfg.clone(), encoder.hidden_size(), labels, 0, DType::F32, &dev)?;
-    let mut params: Vec<(String, candle_core::Var, usize)> =
-        encoder.trainable().into_iter().map(|(n, v)| { let g = 2 + no_decay(&n) as usize; (format!("encoder.{n}"), v, g) }).collect();
-    params.extend(span.params().into_iter().map(|(n, v)| { let g = no_decay(&n) as usize; (n, v, g) }));
-    let groups = vec![
-        GroupConfig { lr: 7e-4, weight_decay: 0.01 },
-        GroupConfig { lr: 7e-4, weight_decay: 0.0 },
-        GroupConfig { lr: 4e-4, weight_decay: 0.01 },
-        GroupConfig { lr: 4e-4, weight_decay: 0.0 },
-    ];
-    let mut opt = AdamW::new(params, groups, AdamWConfig::default())?;
-    let (ids, idx, words) = synthetic_segment(a.length, encoder.vocab_size() as u32, 101, 102);
+    let span = SpanModel::init(SpanConfig::default(), encoder.hidden_size(), labels, 0, DType::F32, &dev)?;
+    let config = SenerConfig {
+        base: BaseEncoder { path: dir.clone(), sha256: None },
+        labels: (0..labels).map(|i| format!("type{i}")).collect(),
+        arrow: recipe.arrow.clone(),
+        span: recipe.span.clone(),
+        lora: Some(recipe.lora.clone()),
+        max_len: a.length,
+    };
+    let model = Sener { config, encoder, span };
+    let (params, groups) = paper_groups(&model.trainable(), recipe.lr_new, recipe.lr_encoder, recipe.weight_decay);
+    let mut opt = AdamW::new(params, groups, AdamWConfig { clip_norm: recipe.clip_norm, ..AdamWConfig::default() })?;
+    let (ids, idx, words) = synthetic_segment(a.length, model.encoder.vocab_size() as u32, 101, 102);
     let batch = sener::model::Batch::new(&[(ids, idx, words)], 0, &dev)?;
     // a few entities of several lengths (labels matter for the loss only, not the cost)
     let gold: Vec<GoldSpan> = (0..words.saturating_sub(40)).step_by(37).map(|s| GoldSpan { start: s, end: s + (s % 30), label: s % labels }).collect();
-    let lab = band_labels(&[gold], &[words], words, Band::new(span_cfg.window), labels, &dev)?;
+    let lab = band_labels(&[gold], &[words], words, Band::new(model.span.config.window), labels, &dev)?;
     let mut ctx = ForwardCtx::train(0);
     let mut times = Vec::new();
     sener::mem::reset_peak_rss();
     for _ in 0..a.steps.max(1) {
         let t0 = Instant::now();
-        let hidden = encoder.forward(&batch.ids, &batch.mask, &mut ctx)?;
-        let pooled = sener::span::pooling::WordPooling::new(&batch.indexes, hidden.dim(1)?, words)?.forward(&hidden)?;
-        let out = span.forward(&pooled, &batch.words, &mut ctx)?;
+        let out = model.forward(&batch, &mut ctx)?;
         let loss = bce_loss(&out.logits, &lab.labels, &out.valid)?;
         let grads = loss.backward()?;
         drop(out);

@@ -166,6 +166,33 @@ fn prepare(path: &Path, docs: Vec<Document>, tok: &mut WordTokenizer, special: &
     Ok(split)
 }
 
+/// The paper's four AdamW groups over a model's trainable tensors ([`Sener::trainable`] names):
+/// new layers and the encoder side (`encoder.*`: LoRA, q/v biases), each with weight decay except
+/// norms and biases ([`no_decay`]). Returns the tensors with their group index, and the groups.
+pub fn paper_groups(
+    trainable: &[(String, candle_core::Var)],
+    lr_new: f64,
+    lr_encoder: f64,
+    weight_decay: f64,
+) -> (Vec<(String, candle_core::Var, usize)>, Vec<GroupConfig>) {
+    let params = trainable
+        .iter()
+        .cloned()
+        .map(|(name, var)| {
+            let encoder_side = name.starts_with("encoder.");
+            let group = (encoder_side as usize) * 2 + no_decay(&name) as usize; // 0 new, 1 new no-decay, 2 enc, 3 enc no-decay
+            (name, var, group)
+        })
+        .collect();
+    let groups = vec![
+        GroupConfig { lr: lr_new, weight_decay },
+        GroupConfig { lr: lr_new, weight_decay: 0.0 },
+        GroupConfig { lr: lr_encoder, weight_decay },
+        GroupConfig { lr: lr_encoder, weight_decay: 0.0 },
+    ];
+    (params, groups)
+}
+
 /// Where a run stands, for progress displays (sent after every micro-batch).
 #[derive(Clone, Debug)]
 pub struct Progress {
@@ -381,21 +408,7 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
     let model = Sener { config, encoder, span };
 
     let trainable = model.trainable();
-    let params: Vec<(String, candle_core::Var, usize)> = trainable
-        .iter()
-        .cloned()
-        .map(|(name, var)| {
-            let encoder_side = name.starts_with("encoder.");
-            let group = (encoder_side as usize) * 2 + no_decay(&name) as usize; // 0 new, 1 new no-decay, 2 enc, 3 enc no-decay
-            (name, var, group)
-        })
-        .collect();
-    let groups = vec![
-        GroupConfig { lr: cfg.lr_new, weight_decay: cfg.weight_decay },
-        GroupConfig { lr: cfg.lr_new, weight_decay: 0.0 },
-        GroupConfig { lr: cfg.lr_encoder, weight_decay: cfg.weight_decay },
-        GroupConfig { lr: cfg.lr_encoder, weight_decay: 0.0 },
-    ];
+    let (params, groups) = paper_groups(&trainable, cfg.lr_new, cfg.lr_encoder, cfg.weight_decay);
     let mut opt = AdamW::new(params, groups, AdamWConfig { clip_norm: cfg.clip_norm, ..AdamWConfig::default() })?;
 
     // Official step count: (⌊#segments / batch⌋ + 1) · epochs.
