@@ -13,23 +13,24 @@ if [ ! -x "$cuda/nvidia/cu13/bin/nvcc" ]; then
     nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-cccl nvidia-cublas nvidia-cuda-nvrtc
 fi
 lib="$cuda/nvidia/cu13/lib"
+# cuBLAS and NVRTC may also come from a Python environment's nvidia wheels (PyTorch installs them).
+pylib="$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia/cu13/lib"
 mkdir -p "$stubs"
 ln -sf "$lib/libcudart.so.13" "$stubs/libcudart.so"
 for l in cublas cublasLt nvrtc; do
-  real=$(ls "$lib"/lib$l.so.* 2>/dev/null | head -n1 || true)
-  [ -n "$real" ] || { echo "build-cuda: lib$l not found in $lib" >&2; exit 1; }
+  real=$(ls "$lib"/lib$l.so.* "$pylib"/lib$l.so.* 2>/dev/null | head -n1 || true)
+  [ -n "$real" ] || { echo "build-cuda: lib$l not found in $lib or $pylib" >&2; exit 1; }
   ln -sf "$real" "$stubs/lib$l.so"
 done
-# Driver and cuRAND: stubs exporting the symbols the binary references (found by linking once).
-undef=$(mktemp)
+# Driver and cuRAND: link-time stubs exporting every driver (cu*) and cuRAND symbol cudarc
+# references (from `nm` of its rlib); at run time the real libcuda.so.1 / libcurand.so.10 load.
 for so in cuda curand; do [ -f "$stubs/lib$so.so" ] || gcc -shared -fPIC -o "$stubs/lib$so.so" -x c /dev/null; done
 export PATH="$cuda/nvidia/cu13/bin:$PATH" CUDA_ROOT="$cuda/nvidia/cu13" CUDA_COMPUTE_CAP=90 \
   CARGO_TARGET_DIR="$PWD/target-cuda" RUSTFLAGS="-L $stubs"
-cargo rustc --release -p sener-cli --features cuda --bin sener -- -C link-arg=-Wl,--error-limit=0 2>&1 \
-  | grep -oE "undefined symbol: [A-Za-z0-9_]+" | awk '{print $3}' | sort -u > "$undef" || true
-if [ -s "$undef" ]; then
-  grep '^curand' "$undef" | sed 's/.*/void &(void){}/' > "$stubs/curand.c" || true
-  grep -v '^curand' "$undef" | grep '^cu' | sed 's/.*/void &(void){}/' > "$stubs/cuda.c" || true
+if ! cargo build --release -p sener-cli --features cuda; then
+  rlib=$(ls -t target-cuda/release/deps/libcudarc-*.rlib | head -n1)
+  nm -u "$rlib" | awk '{print $2}' | grep -E '^cu[A-Z]' | sort -u | sed 's/.*/void &(void){}/' > "$stubs/cuda.c"
+  nm -u "$rlib" | awk '{print $2}' | grep -E '^curand' | sort -u | sed 's/.*/void &(void){}/' > "$stubs/curand.c"
   gcc -shared -fPIC -Wl,-soname,libcurand.so.10 -o "$stubs/libcurand.so" "$stubs/curand.c"
   gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stubs/libcuda.so" "$stubs/cuda.c"
   cargo build --release -p sener-cli --features cuda

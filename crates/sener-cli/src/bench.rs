@@ -39,7 +39,7 @@ fn minilm_dir(arg: &Option<PathBuf>) -> Option<PathBuf> {
 }
 
 /// Model FLOPs of one forward over `t` tokens.
-fn forward_flops(enc: &Encoder, t: usize, arrow: &ArrowConfig) -> f64 {
+pub(crate) fn forward_flops(enc: &Encoder, t: usize, arrow: &ArrowConfig) -> f64 {
     let (d, i, layers) = (enc.hidden_size() as f64, enc.intermediate_size() as f64, enc.num_layers() as f64);
     let dense = 2.0 * (4.0 * d * d + 2.0 * d * i);
     let keys = if arrow.window >= t { t as f64 } else { (2 * arrow.window + 1).min(t) as f64 + 1.0 };
@@ -268,7 +268,7 @@ pub fn run_positions(a: BenchPositionsArgs) -> Result<()> {
 
 /// Span-side FLOPs for n words and band width K (biaffine bilinear over the band, two attention
 /// views, dense, two convs, head) — the useful arithmetic of one forward.
-fn span_flops(n: usize, kk: usize, hidden: usize, size: usize, c: usize, depth: usize, labels: usize) -> f64 {
+pub(crate) fn span_flops(n: usize, kk: usize, hidden: usize, size: usize, c: usize, depth: usize, labels: usize) -> f64 {
     let (n, kk, h, x, c) = (n as f64, kk as f64, hidden as f64, (size + 1) as f64, c as f64);
     let mlps = 2.0 * 2.0 * n * h * x;
     let bilinear = 2.0 * n * c * x * (x + kk);
@@ -358,23 +358,37 @@ pub fn run_span_one(a: BenchSpanOneArgs) -> Result<()> {
 
 pub fn run_train_step(a: BenchTrainStepArgs) -> Result<()> {
     let exe = std::env::current_exe().context("locating the sener binary")?;
-    let dir = minilm_dir(&a.minilm).context("--minilm or $SENER_MINILM_DIR: the all-MiniLM-L6-v2 folder")?;
-    println!("training step (forward + backward + AdamW), MiniLM + LoRA r8 + span side (w′ 128, c 32, 2 BiSPA, 12 types), batch 1, f32, CPU");
+    let dir = if a.model == "minilm" {
+        Some(minilm_dir(&a.minilm).context("--minilm or $SENER_MINILM_DIR: the all-MiniLM-L6-v2 folder")?)
+    } else {
+        None
+    };
+    let cuda = a.device.starts_with("cuda");
+    println!(
+        "training step (forward + backward + AdamW), {} + LoRA r8 + span side (w′ 128, c 32, 2 BiSPA, 12 types), batch 1, f32, {}",
+        a.model, a.device
+    );
     println!();
-    println!("| tokens | words | first step s | later step s | peak RSS (MiB) |");
+    println!("| tokens | words | first step s | later step s | peak {} (MiB) |", if cuda { "GPU memory" } else { "RSS" });
     println!("|---:|---:|---:|---:|---:|");
     let mut all = Vec::new();
     for &t in &a.lengths {
-        let out = Command::new(&exe)
-            .args(["bench", "train-step-one", "--length", &t.to_string(), "--steps", &a.steps.to_string()])
-            .arg("--minilm")
-            .arg(&dir)
-            .output()
-            .context("running sener bench train-step-one")?;
-        let row = match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["bench", "train-step-one", "--length", &t.to_string(), "--steps", &a.steps.to_string()])
+            .args(["--model", &a.model, "--device", &a.device]);
+        if let Some(d) = &dir {
+            cmd.arg("--minilm").arg(d);
+        }
+        let gpu = if cuda { crate::bench_model::GpuUse::start() } else { None };
+        let out = cmd.output().context("running sener bench train-step-one")?;
+        let gpu_mib = gpu.map(|g| g.stop());
+        let mut row = match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
             Ok(v) if out.status.success() => v,
             _ => serde_json::json!({"tokens": t, "skipped": format!("failed: {}", String::from_utf8_lossy(&out.stderr).trim())}),
         };
+        if let (Some(m), Some(o)) = (gpu_mib, row.as_object_mut()) {
+            o.insert("peak_gpu_mib".into(), m.into());
+        }
         match row.get("skipped").and_then(|s| s.as_str()) {
             Some(why) => println!("| {t} | — | — | — | {why} |"),
             None => println!(
@@ -382,7 +396,10 @@ pub fn run_train_step(a: BenchTrainStepArgs) -> Result<()> {
                 row["words"],
                 row["first_step_seconds"].as_f64().unwrap_or(f64::NAN),
                 row["step_seconds"].as_f64().unwrap_or(f64::NAN),
-                row["peak_rss"].as_f64().unwrap_or(0.0) / 1048576.0
+                match gpu_mib {
+                    Some(m) => m as f64,
+                    None => row["peak_rss"].as_f64().unwrap_or(0.0) / 1048576.0,
+                }
             ),
         }
         all.push(row);
@@ -395,7 +412,7 @@ pub fn run_train_step(a: BenchTrainStepArgs) -> Result<()> {
 
 /// One segment of `length` tokens: [CLS], words of 1, 1 and 2 subwords in turn (≈ 1.33 subwords
 /// per word, as English text with this tokenizer), [SEP]; ids drawn from the ordinary vocabulary.
-fn synthetic_segment(length: usize, vocab: u32, cls: u32, sep: u32) -> (Vec<u32>, Vec<u32>, usize) {
+pub(crate) fn synthetic_segment(length: usize, vocab: u32, cls: u32, sep: u32) -> (Vec<u32>, Vec<u32>, usize) {
     let mut ids = vec![cls];
     let mut idx = vec![0u32];
     let mut word = 0u32;
@@ -423,11 +440,21 @@ pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
     use sener::span::{band::Band, SpanConfig, SpanModel};
     use sener::train::optim::{AdamW, AdamWConfig};
     use sener::train::trainer::{paper_groups, TrainConfig};
-    let dir = minilm_dir(&a.minilm).context("--minilm or $SENER_MINILM_DIR")?;
-    let dev = Device::Cpu;
+    let dev = crate::cli::parse_device(&a.device)?;
     // The model and optimiser `sener train` builds, with the paper's defaults.
     let recipe = TrainConfig::default();
-    let mut encoder = Encoder::load(&dir, &EncoderOptions::default())?;
+    let opts = EncoderOptions { arrow: recipe.arrow.clone(), dtype: DType::F32, device: dev.clone() };
+    let (dir, mut encoder) = match a.model.as_str() {
+        "minilm" => {
+            let dir = minilm_dir(&a.minilm).context("--minilm or $SENER_MINILM_DIR")?;
+            let e = Encoder::load(&dir, &opts)?;
+            (dir, e)
+        }
+        "deberta-v3-base" => (PathBuf::from("random:deberta-v3-base"), Encoder::random(presets::deberta_v3_base(), &opts, 0)?),
+        "deberta-v3-large" => (PathBuf::from("random:deberta-v3-large"), Encoder::random(presets::deberta_v3_large(), &opts, 0)?),
+        "minilm-shape" => (PathBuf::from("random:minilm-shape"), Encoder::random(presets::minilm_l6(), &opts, 0)?),
+        m => bail!("--model {m}: expected minilm, deberta-v3-base, deberta-v3-large or minilm-shape"),
+    };
     encoder.add_lora(&recipe.lora, 0)?;
     let labels = 12;
     let span = SpanModel::init(SpanConfig::default(), encoder.hidden_size(), labels, 0, DType::F32, &dev)?;
@@ -457,6 +484,7 @@ pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
         let grads = loss.backward()?;
         drop(out);
         opt.step(&grads, 1.0)?;
+        dev.synchronize()?;
         times.push(t0.elapsed().as_secs_f64());
     }
     let later = if times.len() > 1 { times[1..].iter().sum::<f64>() / (times.len() - 1) as f64 } else { times[0] };

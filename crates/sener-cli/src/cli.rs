@@ -255,6 +255,10 @@ pub struct TrainArgs {
     /// Plain sliding-window attention (the "w SWA" ablation).
     #[arg(long)]
     pub no_global_cls: bool,
+    /// Start the head's per-type bias at the training data's prior log-odds (a deviation from the
+    /// official initialisation; see the README).
+    #[arg(long)]
+    pub prior_bias: bool,
     /// Labels in logit order (default: sorted labels of the training data).
     #[arg(long, value_delimiter = ',')]
     pub labels: Option<Vec<String>>,
@@ -382,6 +386,70 @@ pub enum BenchCommand {
     TrainStep(BenchTrainStepArgs),
     #[command(hide = true)]
     TrainStepOne(BenchTrainStepOneArgs),
+    /// The whole model (encoder + span side) per length, SeNER vs full attention + L×L span
+    /// tensor: time, tokens/s, peak memory (RSS, or GPU memory on CUDA), GFLOP/s; JSON and SVG.
+    Model(BenchModelArgs),
+    /// One whole-model measurement (used by `bench model`; prints one JSON line).
+    #[command(hide = true)]
+    ModelOne(BenchModelOneArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchModelArgs {
+    /// Models: deberta-v3-base, deberta-v3-large, minilm-shape (random weights in those shapes), or
+    /// minilm (the real all-MiniLM-L6-v2 from --minilm / $SENER_MINILM_DIR).
+    #[arg(long, value_delimiter = ',', default_value = "deberta-v3-base,minilm-shape")]
+    pub models: Vec<String>,
+    /// Token lengths.
+    #[arg(long, value_delimiter = ',', default_value = "512,1024,2048,4096,5120,8192,16384,32768")]
+    pub lengths: Vec<usize>,
+    /// sener (arrow attention + span band) and/or full (full attention + full L×L span tensor).
+    #[arg(long, value_delimiter = ',', default_value = "sener,full")]
+    pub modes: Vec<String>,
+    /// cpu or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub minilm: Option<PathBuf>,
+    /// Timed forwards per measurement (after a short warm-up); the median is reported.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Skip a run whose estimated peak memory exceeds this many GiB.
+    #[arg(long, default_value_t = 16.0)]
+    pub budget_gib: f64,
+    /// Skip a run whose estimated span-side arithmetic exceeds this many TFLOP (a time budget).
+    #[arg(long, default_value_t = 20.0)]
+    pub max_tflop: f64,
+    /// Kill a measurement after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    pub timeout_s: u64,
+    /// Entity types of the head.
+    #[arg(long, default_value_t = 12)]
+    pub labels: usize,
+    /// Write all runs and the log-log fits as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write a log-log plot (time and peak memory against tokens) as SVG.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchModelOneArgs {
+    #[arg(long)]
+    pub model: String,
+    #[arg(long)]
+    pub mode: String,
+    #[arg(long)]
+    pub length: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub minilm: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    #[arg(long, default_value_t = 12)]
+    pub labels: usize,
 }
 
 #[derive(Args, Debug)]
@@ -438,6 +506,13 @@ pub struct BenchTrainStepArgs {
     /// MiniLM folder (default: $SENER_MINILM_DIR).
     #[arg(long)]
     pub minilm: Option<PathBuf>,
+    /// Encoder: minilm (the real weights), or random weights in the shape of deberta-v3-base,
+    /// deberta-v3-large or minilm-shape.
+    #[arg(long, default_value = "minilm")]
+    pub model: String,
+    /// cpu or cuda[:N] (on CUDA the peak is the GPU memory the step added, from nvidia-smi).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Segment lengths in tokens.
     #[arg(long, value_delimiter = ',', default_value = "1024,2048,4096,5120")]
     pub lengths: Vec<usize>,
@@ -452,6 +527,10 @@ pub struct BenchTrainStepArgs {
 pub struct BenchTrainStepOneArgs {
     #[arg(long)]
     pub minilm: Option<PathBuf>,
+    #[arg(long, default_value = "minilm")]
+    pub model: String,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     #[arg(long)]
     pub length: usize,
     #[arg(long, default_value_t = 2)]
@@ -531,6 +610,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::SpanOne(a)) => crate::bench::run_span_one(a),
         Command::Bench(BenchCommand::TrainStep(a)) => crate::bench::run_train_step(a),
         Command::Bench(BenchCommand::TrainStepOne(a)) => crate::bench::run_train_step_one(a),
+        Command::Bench(BenchCommand::Model(a)) => crate::bench_model::run(a),
+        Command::Bench(BenchCommand::ModelOne(a)) => crate::bench_model::run_one(a),
         Command::Serve(a) => crate::serve::run(a),
     }
 }

@@ -1,10 +1,12 @@
 //! `sener`: long-document named-entity extraction with SeNER.
 
 mod bench;
+mod bench_model;
 mod cli;
 mod data_cmds;
 mod encode;
 mod extract;
+mod plot;
 mod score;
 mod serve;
 mod train;

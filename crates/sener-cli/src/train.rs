@@ -46,6 +46,7 @@ pub fn config_from(a: &TrainArgs) -> Result<TrainConfig> {
     if a.no_global_cls {
         c.arrow.global_cls = false;
     }
+    c.prior_bias |= a.prior_bias;
     if c.train.as_os_str().is_empty() || c.base.as_os_str().is_empty() {
         bail!("--train and --base are required (flags or the --config file)");
     }
@@ -104,7 +105,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
     bar.finish_and_clear();
     eprintln!("{}", serde_json::to_string_pretty(&report)?);
     if report.interrupted {
-        eprintln!("interrupted: resume with the same command plus --resume (checkpoint in {}.resume)", out.display());
+        eprintln!(
+            "interrupted: the weights so far are in {} (unless a better dev epoch was saved there); \
+             resume with the same command plus --resume (checkpoint in {}.resume)",
+            out.display(),
+            out.display()
+        );
     } else {
         eprintln!("model -> {}, metrics -> {}", out.display(), log_path.display());
     }

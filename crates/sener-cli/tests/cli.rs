@@ -399,3 +399,49 @@ fn eval_predictions_match_hand_computed_metric() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("pred.jsonl:1: field `entity[0]`"), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `--prior-bias` starts the head's bias at each type's log-odds in the training data: logged,
+/// negative (sparse labels), and the first step's loss is far below the official initialisation's.
+#[test]
+fn train_prior_bias_starts_near_the_label_prior() {
+    let dir = std::env::temp_dir().join(format!("sener-prior-{}", std::process::id()));
+    let base = dir.join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("deberta_v3_tiny").join(f), base.join(f)).unwrap();
+    }
+    std::fs::copy(fixture("deberta_v3_tiny_tok/tokenizer.json"), base.join("tokenizer.json")).unwrap();
+    let mut lines = String::new();
+    for d in 0..8 {
+        let words: Vec<String> = (0..40).map(|i| format!("\"w{}\"", 4 + (d * 7 + i * 3) % 60)).collect();
+        let s = d % 10;
+        lines.push_str(&format!(
+            "{{\"doc_id\": \"d{d}\", \"text\": [{}], \"entity\": [[{s}, {}, [{}], \"x\"]]}}\n",
+            words.join(", "),
+            s + 2,
+            words[s..s + 2].join(", ")
+        ));
+    }
+    std::fs::write(dir.join("train.jsonl"), &lines).unwrap();
+    let first_step = |name: &str, extra: &[&str]| -> (f64, String) {
+        let out = dir.join(name).join("model");
+        let (train, base, out) = (dir.join("train.jsonl").display().to_string(), base.display().to_string(), out.display().to_string());
+        let mut args = vec!["train", "--train", &train, "--base", &base, "--output", &out, "--max-steps", "1"];
+        args.extend(["--batch-size", "2", "--micro-batch", "2", "--span-window", "8", "--cnn-depth", "1"]);
+        args.extend(extra);
+        let o = sener(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let log = std::fs::read_to_string(dir.join(name).join("model.metrics.jsonl")).unwrap();
+        let step: serde_json::Value = serde_json::from_str(log.lines().find(|l| l.contains("\"event\":\"step\"")).unwrap()).unwrap();
+        (step["loss"].as_f64().unwrap(), log)
+    };
+    let (official, log) = first_step("official", &[]);
+    assert!(!log.contains("prior_bias"));
+    let (prior, log) = first_step("prior", &["--prior-bias"]);
+    let ev: serde_json::Value = serde_json::from_str(log.lines().find(|l| l.contains("\"event\":\"prior_bias\"")).unwrap()).unwrap();
+    let bias: Vec<f64> = ev["bias"].as_array().unwrap().iter().map(|b| b.as_f64().unwrap()).collect();
+    assert_eq!(bias.len(), 1);
+    assert!(bias[0] < -3.0, "one positive cell type among hundreds of cells: {bias:?}");
+    assert!(prior < official / 3.0, "first-step loss with the prior {prior} vs official init {official}");
+    std::fs::remove_dir_all(&dir).ok();
+}

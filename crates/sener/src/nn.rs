@@ -55,6 +55,14 @@ impl ForwardCtx {
         }
         let keep = 1.0 - p;
         let scale = 1.0 / keep;
+        if !xs.device().is_cpu() {
+            // On a GPU the mask is drawn there (cuRAND, seeded by the device): drawing band-sized
+            // masks on one host core and copying them over would dominate a training step. Exact
+            // resume (same masks after `--resume`) therefore holds on the CPU only.
+            let u = Tensor::rand(0f32, 1f32, xs.shape(), xs.device())?;
+            let mask = (u.lt(keep as f64)?.to_dtype(DType::F32)? * scale as f64)?.to_dtype(xs.dtype())?;
+            return Ok(xs.mul(&mask)?);
+        }
         let n = xs.elem_count();
         let mask: Vec<f32> =
             (0..n).map(|_| if self.rng.random::<f32>() < keep { scale } else { 0.0 }).collect();
@@ -86,6 +94,125 @@ impl ForwardCtx {
             Ok(candle_nn::ops::softmax_last_dim(xs)?)
         }
     }
+}
+
+/// `a.broadcast_matmul(b)`, valid on every device. candle's CUDA matmul (cuBLAS) needs batch
+/// strides it can express and plain or plainly-transposed matrices, so there a broadcast operand
+/// (stride 0) is materialised first; the CPU gemm takes the views as they are.
+pub fn broadcast_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.device().is_cpu() {
+        return Ok(a.broadcast_matmul(b)?);
+    }
+    materialised_matmul(a, b)
+}
+
+fn materialised_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (ra, rb) = (a.rank(), b.rank());
+    if ra < 2 || rb < 2 {
+        return Ok(a.broadcast_matmul(b)?);
+    }
+    let batch = candle_core::Shape::from(&a.dims()[..ra - 2])
+        .broadcast_shape_binary_op(&candle_core::Shape::from(&b.dims()[..rb - 2]), "matmul")?;
+    let with = |m: &[usize]| -> Vec<usize> { batch.dims().iter().chain(m).copied().collect() };
+    let plain = |x: Tensor| -> Result<Tensor> {
+        Ok(if x.is_contiguous() || x.t()?.is_contiguous() { x } else { x.contiguous()? })
+    };
+    let a = plain(a.broadcast_as(with(&a.dims()[ra - 2..]))?)?;
+    let b = plain(b.broadcast_as(with(&b.dims()[rb - 2..]))?)?;
+    Ok(a.matmul(&b)?)
+}
+
+/// `e^x` for the CPU kernels' soft-maxes, written so that loops over it vectorise (libm's `expf`
+/// is a call per element): `2^n · e^r` with `n = round(x·log₂e)`, `r = x − n·ln2` (two-part ln2), and e^r by its
+/// degree-7 Taylor polynomial (relative error < 1e-6 against the exact value). Exactly 0 below −87.3
+/// (where `expf` is subnormal or 0), so masked cells (−1e4 or −∞) still weigh nothing.
+#[inline(always)]
+pub(crate) fn fast_exp(x: f32) -> f32 {
+    // n = round(x·log₂e); r = x − n·ln2 in two parts (Cody–Waite), |r| ≤ ln2/2; e^r by Taylor to r⁷.
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let xc = x.clamp(-87.3, 88.7);
+    // round to nearest by the 1.5·2²³ trick: plain adds, so it vectorises without SSE4.1's round
+    const MAGIC: f32 = 12_582_912.0;
+    let n = (xc * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < -87.3 {
+        0.0
+    } else {
+        p * scale
+    }
+}
+
+/// Maximum of a slice (−∞ when empty), in 16 independent lanes so that it vectorises; the same
+/// value as a sequential max.
+pub(crate) fn max_lanes(x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked just above).
+        return unsafe { max_lanes_avx512(x) };
+    }
+    max_lanes_generic(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn max_lanes_avx512(x: &[f32]) -> f32 {
+    max_lanes_generic(x)
+}
+
+#[inline(always)]
+fn max_lanes_generic(x: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (mi, &v) in m.iter_mut().zip(c) {
+            *mi = mi.max(v);
+        }
+    }
+    let mut r = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+    for v in m {
+        r = r.max(v);
+    }
+    r
+}
+
+/// `x ← fast_exp(x − m)` in place; returns Σx summed in 16 lanes, combined in a fixed order (the
+/// same result on every run and thread count). Compiled for AVX-512 too and picked at run time
+/// (the release build targets plain x86-64); both paths do the same operations (Rust does not
+/// contract `a·b + c` into FMAs), so the results are identical.
+pub(crate) fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked just above).
+        return unsafe { exp_sub_sum_avx512(x, m) };
+    }
+    exp_sub_sum_generic(x, m)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_sub_sum_avx512(x: &mut [f32], m: f32) -> f32 {
+    exp_sub_sum_generic(x, m)
+}
+
+#[inline(always)]
+fn exp_sub_sum_generic(x: &mut [f32], m: f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut chunks = x.chunks_exact_mut(16);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
+            *v = fast_exp(*v - m);
+            *a += *v;
+        }
+    }
+    let mut tail = 0f32;
+    for v in chunks.into_remainder() {
+        *v = fast_exp(*v - m);
+        tail += *v;
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// LayerNorm over the last dimension, with the checkpoint's `weight` / `bias`.
@@ -368,6 +495,45 @@ pub(crate) fn sgemm(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_exp_matches_expf() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (a, b) = (fast_exp(x) as f64, (x as f64).exp());
+            worst = worst.max((a - b).abs() / b);
+            x += 0.0137;
+        }
+        assert!(worst < 1e-6, "relative error {worst}");
+        assert_eq!(fast_exp(-1e4), 0.0);
+        assert_eq!(fast_exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(fast_exp(0.0), 1.0);
+        let mut v: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin() * 5.0).collect();
+        let m = max_lanes(&v);
+        assert_eq!(m, v.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)));
+        let want: f64 = v.iter().map(|&x| ((x - m) as f64).exp()).sum();
+        let got = exp_sub_sum(&mut v, m) as f64;
+        assert!((got - want).abs() / want < 1e-6);
+        assert_eq!(max_lanes(&[]), f32::NEG_INFINITY);
+        // the dispatched (AVX-512 where present) and the generic paths agree bit for bit
+        let mut a: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.013).cos() * 30.0).collect();
+        let mut b = a.clone();
+        assert_eq!(exp_sub_sum(&mut a, 3.0).to_bits(), exp_sub_sum_generic(&mut b, 3.0).to_bits());
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn materialised_matmul_equals_broadcast_matmul() {
+        let dev = Device::Cpu;
+        let a = Tensor::randn(0f32, 1.0, (2, 3, 5, 4), &dev).unwrap();
+        let t = Tensor::randn(0f32, 1.0, (3, 6, 4), &dev).unwrap();
+        let b = t.t().unwrap().unsqueeze(0).unwrap(); // [1, 3, 4, 6], broadcast over the batch
+        let want = a.broadcast_matmul(&b).unwrap();
+        let got = materialised_matmul(&a, &b).unwrap();
+        let d = (want - got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-5, "{d}");
+    }
 
     #[test]
     fn fused_layer_norm_equals_composite_forward_and_gradients() {

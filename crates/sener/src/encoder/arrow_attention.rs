@@ -104,6 +104,8 @@ pub struct ArrowMask {
     row: Tensor,
     /// `[B, 1, np, 1]` 1/0, valid queries
     query: Tensor,
+    /// `B·T` valid tokens (row-major), for the fused CPU kernel
+    valid: Vec<bool>,
 }
 
 impl ArrowMask {
@@ -133,7 +135,26 @@ impl ArrowMask {
             dtype,
             dev,
         )?;
-        Ok(Self { b, t, g, global_cls: cfg.global_cls, logn_factor: cfg.logn_factor(t), band, col, row, query })
+        Ok(Self { b, t, g, global_cls: cfg.global_cls, logn_factor: cfg.logn_factor(t), band, col, row, query, valid: valid.to_vec() })
+    }
+
+    /// One-sided window w.
+    pub fn window(&self) -> usize {
+        self.g.window
+    }
+
+    pub fn global_cls(&self) -> bool {
+        self.global_cls
+    }
+
+    /// LogN factor of the [CLS] row for this batch.
+    pub fn logn_factor(&self) -> f64 {
+        self.logn_factor
+    }
+
+    /// `B·T` valid tokens, row-major.
+    pub fn valid(&self) -> &[bool] {
+        &self.valid
     }
 }
 
@@ -144,6 +165,28 @@ impl ArrowMask {
 /// BERT); `dropout`: attention-probability dropout. Returns `[B, H, T, d]`, zero on padding rows.
 #[allow(clippy::too_many_arguments)]
 pub fn arrow_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &ArrowMask,
+    rel: Option<&RelativeTerms>,
+    scale: f64,
+    dropout: f32,
+    ctx: &mut ForwardCtx,
+) -> Result<Tensor> {
+    if !ctx.grad && !ctx.train && q.device().is_cpu() && q.dtype() == DType::F32 {
+        let (b, _, t, _) = q.dims4()?;
+        if (b, t) != (mask.b, mask.t) {
+            return Err(crate::Error::Input(format!("mask is for [{}, {}], inputs are [{b}, {t}]", mask.b, mask.t)));
+        }
+        return super::arrow_attention_cpu::arrow_attention_cpu(q, k, v, mask, rel, scale);
+    }
+    arrow_attention_composite(q, k, v, mask, rel, scale, dropout, ctx)
+}
+
+/// [`arrow_attention`] from candle ops only (records a backward; any device and dtype).
+#[allow(clippy::too_many_arguments)]
+pub fn arrow_attention_composite(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -189,7 +232,7 @@ pub fn arrow_attention(
             // bs−1−rr, so cell (rr, c) reads offset rr − c + key_off = i − j.
             let omax = bs as i64 - 1 + g.key_off;
             let tab = select_rows(pk, (0..wt).map(|m| rel.index.row(omax - m as i64)), &dev)?;
-            let a = q3.reshape((b, h, np, d))?.broadcast_matmul(&tab.t()?.unsqueeze(0)?)?;
+            let a = crate::nn::broadcast_matmul(&q3.reshape((b, h, np, d))?, &tab.t()?.unsqueeze(0)?)?;
             let a = a
                 .reshape((bh, nb, bs * wt))?
                 .narrow(2, bs - 1, bs * (wt - 1))?
@@ -202,7 +245,7 @@ pub fn arrow_attention(
             // skewed view starts at column kw−1−c, so (c, rr) reads offset rr − c + key_off.
             let omin = g.key_off - kw as i64 + 1;
             let tab = select_rows(pq, (0..wt).map(|m| rel.index.row(omin + m as i64)), &dev)?;
-            let p = kb.reshape((b, h, nb * kw, d))?.broadcast_matmul(&tab.t()?.unsqueeze(0)?)?;
+            let p = crate::nn::broadcast_matmul(&kb.reshape((b, h, nb * kw, d))?, &tab.t()?.unsqueeze(0)?)?;
             let p = p
                 .reshape((bh, nb, kw * wt))?
                 .narrow(2, kw - 1, kw * (wt - 1))?
@@ -230,7 +273,7 @@ pub fn arrow_attention(
                 col = (col + c2p.reshape((bh, np, 1))?)?;
             }
             if let Some(pq) = &rel.pos_query {
-                let t0 = k0.reshape((b, h, 1, d))?.broadcast_matmul(&pq.t()?.unsqueeze(0)?)?; // [B,H,1,rows]
+                let t0 = crate::nn::broadcast_matmul(&k0.reshape((b, h, 1, d))?, &pq.t()?.unsqueeze(0)?)?; // [B,H,1,rows]
                 let idx = Tensor::from_vec(rows, np, &dev)?;
                 let p2c = t0.index_select(&idx, 3)?.reshape((bh, np, 1))?;
                 col = (col + p2c)?;
@@ -259,7 +302,7 @@ pub fn arrow_attention(
         if let Some(rel) = rel {
             let rows = positions(&|j| -j); // offset 0 − j
             if let Some(pk) = &rel.pos_key {
-                let t0 = q0.reshape((b, h, 1, d))?.broadcast_matmul(&pk.t()?.unsqueeze(0)?)?; // [B,H,1,rows]
+                let t0 = crate::nn::broadcast_matmul(&q0.reshape((b, h, 1, d))?, &pk.t()?.unsqueeze(0)?)?; // [B,H,1,rows]
                 let idx = Tensor::from_vec(rows.clone(), np, &dev)?;
                 row = (row + t0.index_select(&idx, 3)?.reshape((bh, 1, np))?)?;
             }

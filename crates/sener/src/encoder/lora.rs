@@ -206,6 +206,9 @@ pub(crate) fn linear(xs: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = xs.dims();
     let in_dim = *dims.last().ok_or_else(|| crate::Error::Input("linear on a scalar".into()))?;
     let rows = xs.elem_count() / in_dim.max(1);
+    // cuBLAS takes only plain or plainly-transposed operands: a view of W (a narrowed column block,
+    // a transposed slice) is copied there; the CPU gemm reads any strides.
+    let w = if xs.device().is_cpu() { w.clone() } else { w.contiguous()? };
     let y = xs.reshape((rows, in_dim))?.matmul(&w.t()?)?;
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("rank >= 1") = w.dim(0)?;

@@ -3,6 +3,7 @@
 //! know which family it has.
 
 pub mod arrow_attention;
+pub mod arrow_attention_cpu;
 pub mod bert;
 pub mod block;
 pub mod deberta;

@@ -47,17 +47,11 @@ impl RowAttention {
         sgemm((kk, kk, c), raw, kk, false, (q, c, 1), (k, 1, c), self.scale);
         for i in 0..kk {
             let (ri, pi, ai) = (&raw[i * kk..][..kk], &mut p[i * kk..][..kk], &mut a[i * kk..][..kk]);
-            let mut mx = f32::NEG_INFINITY;
             for j in 0..kk {
-                let s = ri[j].clamp(-1e4, 1e4) - 1e4 * (1.0 - valid[j]);
-                pi[j] = s;
-                mx = mx.max(s);
+                pi[j] = ri[j].clamp(-1e4, 1e4) - 1e4 * (1.0 - valid[j]);
             }
-            let mut z = 0f32;
-            for x in pi.iter_mut() {
-                *x = (*x - mx).exp();
-                z += *x;
-            }
+            let mx = crate::nn::max_lanes(pi);
+            let z = crate::nn::exp_sub_sum(pi, mx);
             let inv = 1.0 / z;
             for j in 0..kk {
                 let pij = pi[j] * inv;
