@@ -202,6 +202,10 @@ pub struct ServeArgs {
     /// Time limit of one request (body, queue and model), in seconds; 504 beyond.
     #[arg(long, default_value_t = 120.0)]
     pub timeout_secs: f64,
+    /// A connection that has not sent a request's complete headers within this many seconds is
+    /// closed (slow or stuck clients cannot hold connections open).
+    #[arg(long, default_value_t = 10.0)]
+    pub header_timeout_secs: f64,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }

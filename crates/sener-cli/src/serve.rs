@@ -49,6 +49,7 @@ struct Limits {
     queue: usize,
     batch_texts: usize,
     timeout: Duration,
+    header_timeout: Duration,
 }
 
 impl Limits {
@@ -67,6 +68,9 @@ impl Limits {
         if !(a.timeout_secs.is_finite() && a.timeout_secs > 0.0 && a.timeout_secs <= 1e9) {
             bail!("--timeout-secs {}: expected a positive number of seconds", a.timeout_secs);
         }
+        if !(a.header_timeout_secs.is_finite() && a.header_timeout_secs > 0.0 && a.header_timeout_secs <= 1e9) {
+            bail!("--header-timeout-secs {}: expected a positive number of seconds", a.header_timeout_secs);
+        }
         Ok(Self {
             max_body_bytes: a.max_body_bytes,
             max_text_chars: a.max_text_chars,
@@ -74,6 +78,7 @@ impl Limits {
             queue: a.queue,
             batch_texts: a.batch_texts,
             timeout: Duration::from_secs_f64(a.timeout_secs),
+            header_timeout: Duration::from_secs_f64(a.header_timeout_secs),
         })
     }
 }
@@ -203,13 +208,48 @@ pub fn run(a: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// The accept loop: HTTP/1 connections served by hyper with a header-read timeout (axum's own
+/// `serve` sets none, so a client that never finishes its headers would hold a connection
+/// forever), and a graceful shutdown: on the first signal stop accepting, let every connection
+/// finish the request it is in (idle keep-alive connections close), then return.
 async fn serve(listener: std::net::TcpListener, addr: SocketAddr, state: Arc<AppState>) -> Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
     let listener = tokio::net::TcpListener::from_std(listener).context("registering the listener")?;
+    let header_timeout = state.limits.header_timeout;
     let app = router(state);
     // Handlers first: a signal sent as soon as the address is printed must already be ours.
     let signals = Signals::install()?;
     println!("listening on http://{addr}");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal(signals)).await.context("serving HTTP")?;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal(signals));
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // e.g. too many open files: keep serving the connections we have
+                Err(e) => {
+                    eprintln!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            // Errors here are the client's (reset, timeout, malformed request): nothing to answer.
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
     Ok(())
 }
 
@@ -436,6 +476,7 @@ fn model_info(ex: &Extractor, a: &ServeArgs, limits: &Limits) -> Value {
             "queue": limits.queue,
             "batch_texts": limits.batch_texts,
             "timeout_secs": limits.timeout.as_secs_f64(),
+            "header_timeout_secs": limits.header_timeout.as_secs_f64(),
         },
     })
 }

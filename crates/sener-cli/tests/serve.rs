@@ -393,6 +393,7 @@ fn bad_settings_fail_at_startup_and_a_signal_right_after_start_is_clean() {
         (vec!["--addr", taken.as_str()], "binding"),
         (vec!["--queue", "0"], "--queue"),
         (vec!["--timeout-secs", "0"], "--timeout-secs"),
+        (vec!["--header-timeout-secs", "0"], "--header-timeout-secs"),
         (vec!["--threshold", "2"], "--threshold"),
         (vec!["--max-len", "2"], "--max-len"),
     ] {
@@ -404,4 +405,26 @@ fn bad_settings_fail_at_startup_and_a_signal_right_after_start_is_clean() {
     // SIGTERM as soon as the address is printed: handled, exit 0.
     let status = srv.stop(libc::SIGTERM);
     assert!(status.success(), "{status}");
+}
+
+/// A client that never finishes its headers is disconnected after `--header-timeout-secs`, while
+/// other connections are served meanwhile.
+#[test]
+fn slow_headers_are_cut_off() {
+    let srv = Server::start(&["--header-timeout-secs", "1"]);
+    let mut slow = TcpStream::connect(("127.0.0.1", srv.port)).expect("connecting");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").expect("partial headers");
+    assert_eq!(srv.get("/healthz").status, 200, "another client is served meanwhile");
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t0 = Instant::now();
+    let mut buf = Vec::new();
+    // EOF (or a reset) once the server gives up on the headers; a read timeout would be Err(WouldBlock).
+    let r = slow.read_to_end(&mut buf);
+    let waited = t0.elapsed();
+    assert!(
+        waited < Duration::from_secs(8) && r.as_ref().map_or_else(|e| e.kind() != std::io::ErrorKind::WouldBlock, |_| true),
+        "connection held for {waited:?}: {r:?}"
+    );
+    assert!(buf.is_empty() || String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&buf));
+    assert!(srv.stop(libc::SIGTERM).success());
 }
