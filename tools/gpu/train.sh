@@ -4,7 +4,7 @@
 # (/root/stash/minilm.part1 from smoke.sh, gpu/minilm.part2), gpu/sx/{dev,test}.jsonl.
 # A one-epoch calibration run times a step, then the real run takes as many epochs of the paper's
 # recipe (batch 16) as fit in TRAIN_S seconds (3..30). Results under $OUT (model.tar: the model).
-cd "$(dirname "$0")/../.." && . tools/gpu/env.sh; ls -la gpu gpu/sx | head -20
+cd "$(dirname "$0")/../.." && . tools/gpu/env.sh
 M=/root/minilm; mkdir -p $M; cp gpu/minilm/*.json $M/
 cat /root/stash/minilm.part1 gpu/minilm.part2 > $M/model.safetensors
 echo "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db  $M/model.safetensors" | sha256sum -c - || exit 3

@@ -38,6 +38,27 @@ fn minilm_dir(arg: &Option<PathBuf>) -> Option<PathBuf> {
     arg.clone().or_else(|| std::env::var_os("SENER_MINILM_DIR").map(PathBuf::from)).filter(|d| d.join("config.json").is_file())
 }
 
+/// `config.json` of a random-weight benchmark shape: deberta-v3-base, deberta-v3-large or
+/// minilm-shape (all-MiniLM-L6-v2's shape).
+pub(crate) fn random_shape(model: &str) -> Result<serde_json::Value> {
+    Ok(match model {
+        "deberta-v3-base" => presets::deberta_v3_base(),
+        "deberta-v3-large" => presets::deberta_v3_large(),
+        "minilm-shape" => presets::minilm_l6(),
+        m => bail!("unknown model {m}: expected minilm, deberta-v3-base, deberta-v3-large or minilm-shape"),
+    })
+}
+
+/// The encoder a benchmark names: `minilm` loads the real all-MiniLM-L6-v2 (`--minilm` or
+/// `$SENER_MINILM_DIR`), the other names are random weights in that shape ([`random_shape`]).
+pub(crate) fn bench_encoder(model: &str, minilm: &Option<PathBuf>, opts: &EncoderOptions) -> Result<Encoder> {
+    if model == "minilm" {
+        let dir = minilm_dir(minilm).context("minilm needs --minilm or $SENER_MINILM_DIR (the all-MiniLM-L6-v2 folder)")?;
+        return Ok(Encoder::load(&dir, opts)?);
+    }
+    Ok(Encoder::random(random_shape(model)?, opts, 0)?)
+}
+
 /// Model FLOPs of one forward over `t` tokens.
 pub(crate) fn forward_flops(enc: &Encoder, t: usize, arrow: &ArrowConfig) -> f64 {
     let (d, i, layers) = (enc.hidden_size() as f64, enc.intermediate_size() as f64, enc.num_layers() as f64);
@@ -147,15 +168,7 @@ pub fn run_one(a: BenchOneArgs) -> Result<()> {
         m => bail!("--mode {m}: expected arrow or full"),
     };
     let opts = EncoderOptions { arrow: arrow.clone(), dtype: DType::F32, device: Device::Cpu };
-    let enc = match a.model.as_str() {
-        "minilm" => {
-            let dir = minilm_dir(&a.minilm).context("no MiniLM folder")?;
-            Encoder::load(&dir, &opts)?
-        }
-        "deberta-v3-base" => Encoder::random(presets::deberta_v3_base(), &opts, 0)?,
-        "deberta-v3-large" => Encoder::random(presets::deberta_v3_large(), &opts, 0)?,
-        m => bail!("unknown model {m}"),
-    };
+    let enc = bench_encoder(&a.model, &a.minilm, &opts)?;
     let model_rss = sener::mem::current_rss().unwrap_or(0);
     let vocab = enc.vocab_size() as u32;
     let ids = |t: usize| -> Result<Tensor> {
@@ -444,16 +457,10 @@ pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
     // The model and optimiser `sener train` builds, with the paper's defaults.
     let recipe = TrainConfig::default();
     let opts = EncoderOptions { arrow: recipe.arrow.clone(), dtype: DType::F32, device: dev.clone() };
-    let (dir, mut encoder) = match a.model.as_str() {
-        "minilm" => {
-            let dir = minilm_dir(&a.minilm).context("--minilm or $SENER_MINILM_DIR")?;
-            let e = Encoder::load(&dir, &opts)?;
-            (dir, e)
-        }
-        "deberta-v3-base" => (PathBuf::from("random:deberta-v3-base"), Encoder::random(presets::deberta_v3_base(), &opts, 0)?),
-        "deberta-v3-large" => (PathBuf::from("random:deberta-v3-large"), Encoder::random(presets::deberta_v3_large(), &opts, 0)?),
-        "minilm-shape" => (PathBuf::from("random:minilm-shape"), Encoder::random(presets::minilm_l6(), &opts, 0)?),
-        m => bail!("--model {m}: expected minilm, deberta-v3-base, deberta-v3-large or minilm-shape"),
+    let mut encoder = bench_encoder(&a.model, &a.minilm, &opts)?;
+    let dir = match a.model.as_str() {
+        "minilm" => minilm_dir(&a.minilm).context("--minilm or $SENER_MINILM_DIR")?,
+        m => PathBuf::from(format!("random:{m}")),
     };
     encoder.add_lora(&recipe.lora, 0)?;
     let labels = 12;

@@ -6,7 +6,6 @@
 //! Writes a Markdown table to stdout, and optionally a JSON file and an SVG plot.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,13 +14,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use serde::{Deserialize, Serialize};
-use sener::encoder::{presets, ArrowConfig, Encoder, EncoderOptions};
+use sener::encoder::{ArrowConfig, EncoderOptions};
 use sener::model::Batch;
 use sener::nn::ForwardCtx;
 use sener::span::pooling::WordPooling;
 use sener::span::{SpanConfig, SpanModel};
 
-use crate::bench::{forward_flops, span_flops, synthetic_segment};
+use crate::bench::{bench_encoder, forward_flops, random_shape, span_flops, synthetic_segment};
 use crate::cli::{parse_device, BenchModelArgs, BenchModelOneArgs};
 use crate::plot::{loglog_svg, Panel, Series};
 
@@ -52,22 +51,11 @@ pub struct ModelRun {
 const ARROW_WINDOW: usize = 128;
 const SPAN_WINDOW: usize = 128;
 
-fn encoder_config(model: &str) -> Result<serde_json::Value> {
-    Ok(match model {
-        "deberta-v3-base" => presets::deberta_v3_base(),
-        "deberta-v3-large" => presets::deberta_v3_large(),
-        "minilm-shape" => presets::minilm_l6(),
-        m => bail!("unknown model {m}: expected deberta-v3-base, deberta-v3-large, minilm-shape or minilm"),
-    })
-}
-
-/// (hidden, layers, heads) of a model name, for the estimates.
-fn shape(model: &str) -> (f64, f64, f64) {
-    match model {
-        "deberta-v3-large" => (1024.0, 24.0, 16.0),
-        "deberta-v3-base" => (768.0, 12.0, 12.0),
-        _ => (384.0, 6.0, 12.0),
-    }
+/// (hidden size, attention heads) of a model name, from its preset config, for the estimates.
+fn shape(model: &str) -> Result<(f64, f64)> {
+    let c = random_shape(if model == "minilm" { "minilm-shape" } else { model })?;
+    let field = |k: &str| c[k].as_f64().ok_or_else(|| anyhow::anyhow!("preset {model} has no {k}"));
+    Ok((field("hidden_size")?, field("num_attention_heads")?))
 }
 
 /// Words of a synthetic segment of `t` tokens (see [`synthetic_segment`]).
@@ -77,15 +65,15 @@ fn words_of(t: usize) -> usize {
 
 /// Rough peak bytes of one forward: (encoder, span side). Orders of magnitude from this command's
 /// own measurements; used only to skip runs that cannot fit.
-fn estimate(model: &str, mode: &str, t: usize) -> (f64, f64) {
-    let (h, _, heads) = shape(model);
+fn estimate(model: &str, mode: &str, t: usize) -> Result<(f64, f64)> {
+    let (h, heads) = shape(model)?;
     let n = words_of(t) as f64;
     let t = t as f64;
     let copies = if model.starts_with("deberta") { 8.0 } else { 3.0 };
     let enc = if mode == "full" { heads * copies * t * t * 4.0 + 40.0 * t * h } else { 60.0 * t * h + heads * copies * t * 258.0 * 4.0 };
     let kk = if mode == "full" { 2.0 * n - 1.0 } else { (2 * SPAN_WINDOW + 1) as f64 };
     let span = 12.0 * n * kk * 32.0 * 4.0 + 4.0 * n.min(256.0) * kk * kk * 4.0;
-    (enc, span)
+    Ok((enc, span))
 }
 
 /// The GPU memory a child process adds: `nvidia-smi` sampled every 20 ms while it runs, minus the
@@ -202,20 +190,18 @@ pub fn run(a: BenchModelArgs) -> Result<()> {
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut runs = Vec::new();
     for model in &a.models {
-        if model != "minilm" {
-            encoder_config(model)?;
-        }
+        shape(model)?; // an unknown name fails here, before any run
         for mode in &a.modes {
             if mode != "sener" && mode != "full" {
                 bail!("--modes {mode}: expected sener or full");
             }
             let mut failed = false;
             for &t in &a.lengths {
-                let (e, s) = estimate(model, mode, t);
+                let (e, s) = estimate(model, mode, t)?;
                 let est_gib = (e + s) / (1u64 << 30) as f64;
                 let n = words_of(t);
                 let kk = if mode == "full" { 2 * n - 1 } else { 2 * SPAN_WINDOW + 1 };
-                let (hidden, _, _) = shape(model);
+                let (hidden, _) = shape(model)?;
                 let tflop = span_flops(n, kk, hidden as usize, 100, 32, 2, a.labels) / 1e12;
                 let r = if failed {
                     skipped(model, mode, &a.device, t, "a shorter length failed".into())
@@ -352,12 +338,7 @@ pub fn run_one(a: BenchModelOneArgs) -> Result<()> {
         m => bail!("--mode {m}: expected sener or full"),
     };
     let opts = EncoderOptions { arrow: arrow.clone(), dtype: DType::F32, device: dev.clone() };
-    let enc = if a.model == "minilm" {
-        let dir = a.minilm.clone().or_else(|| std::env::var_os("SENER_MINILM_DIR").map(PathBuf::from)).context("minilm needs --minilm or $SENER_MINILM_DIR")?;
-        Encoder::load(&dir, &opts)?
-    } else {
-        Encoder::random(encoder_config(&a.model)?, &opts, 0)?
-    };
+    let enc = bench_encoder(&a.model, &a.minilm, &opts)?;
     let (ids, idx, words) = synthetic_segment(a.length, enc.vocab_size() as u32, 1, 2);
     let window = if a.mode == "full" { words.saturating_sub(1).max(1) } else { SPAN_WINDOW };
     let span = SpanModel::init(SpanConfig { window, ..SpanConfig::default() }, enc.hidden_size(), a.labels, 0, DType::F32, &dev)?;
@@ -426,11 +407,11 @@ mod tests {
 
     #[test]
     fn full_mode_estimate_grows_quadratically_sener_linearly() {
-        let (e1, s1) = estimate("deberta-v3-base", "full", 2048);
-        let (e2, s2) = estimate("deberta-v3-base", "full", 4096);
+        let (e1, s1) = estimate("deberta-v3-base", "full", 2048).unwrap();
+        let (e2, s2) = estimate("deberta-v3-base", "full", 4096).unwrap();
         assert!((e2 + s2) / (e1 + s1) > 3.5);
-        let (e1, s1) = estimate("deberta-v3-base", "sener", 2048);
-        let (e2, s2) = estimate("deberta-v3-base", "sener", 4096);
+        let (e1, s1) = estimate("deberta-v3-base", "sener", 2048).unwrap();
+        let (e2, s2) = estimate("deberta-v3-base", "sener", 4096).unwrap();
         let r = (e2 + s2) / (e1 + s1);
         assert!((1.7..=2.05).contains(&r), "sener estimate ×{r} for ×2 tokens");
     }

@@ -6,7 +6,7 @@ use std::process::Command;
 use candle_core::{DType, Device};
 
 mod common;
-use common::{data, fixture, sener};
+use common::{data, fixture, sener, tiny_deberta_base};
 
 #[test]
 fn encode_ids_matches_transformers() {
@@ -264,12 +264,7 @@ fn extract_reads_files_and_stdin_and_reports_bad_input() {
 fn train_killed_and_resumed_equals_uninterrupted() {
     use std::os::unix::process::ExitStatusExt;
     let dir = std::env::temp_dir().join(format!("sener-resume-{}", std::process::id()));
-    let base = dir.join("base");
-    std::fs::create_dir_all(&base).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture("deberta_v3_tiny").join(f), base.join(f)).unwrap();
-    }
-    std::fs::copy(fixture("deberta_v3_tiny_tok/tokenizer.json"), base.join("tokenizer.json")).unwrap();
+    let base = tiny_deberta_base(&dir);
     let mut lines = String::new();
     for d in 0..12 {
         let words: Vec<String> = (0..16).map(|i| format!("w{}", 4 + (d * 7 + i * 3) % 60)).collect();
@@ -405,12 +400,7 @@ fn eval_predictions_match_hand_computed_metric() {
 #[test]
 fn train_prior_bias_starts_near_the_label_prior() {
     let dir = std::env::temp_dir().join(format!("sener-prior-{}", std::process::id()));
-    let base = dir.join("base");
-    std::fs::create_dir_all(&base).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture("deberta_v3_tiny").join(f), base.join(f)).unwrap();
-    }
-    std::fs::copy(fixture("deberta_v3_tiny_tok/tokenizer.json"), base.join("tokenizer.json")).unwrap();
+    let base = tiny_deberta_base(&dir);
     let mut lines = String::new();
     for d in 0..8 {
         let words: Vec<String> = (0..40).map(|i| format!("\"w{}\"", 4 + (d * 7 + i * 3) % 60)).collect();

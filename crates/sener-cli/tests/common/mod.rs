@@ -42,3 +42,15 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     out
 }
+
+/// `dir/base`: the tiny DeBERTa-v3 fixture (config + weights) with its tokenizer, as a base
+/// encoder folder for `sener train`.
+pub fn tiny_deberta_base(dir: &Path) -> PathBuf {
+    let base = dir.join("base");
+    std::fs::create_dir_all(&base).expect("creating the base folder");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("deberta_v3_tiny").join(f), base.join(f)).expect("copying the tiny fixture");
+    }
+    std::fs::copy(fixture("deberta_v3_tiny_tok/tokenizer.json"), base.join("tokenizer.json")).expect("copying the tokenizer");
+    base
+}

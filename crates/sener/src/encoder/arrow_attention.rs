@@ -138,6 +138,14 @@ impl ArrowMask {
         Ok(Self { b, t, g, global_cls: cfg.global_cls, logn_factor: cfg.logn_factor(t), band, col, row, query, valid: valid.to_vec() })
     }
 
+    /// An error unless the mask was built for a `[b, t]` batch.
+    pub fn check(&self, b: usize, t: usize) -> Result<()> {
+        if (b, t) != (self.b, self.t) {
+            return Err(crate::Error::Input(format!("mask is for [{}, {}], inputs are [{b}, {t}]", self.b, self.t)));
+        }
+        Ok(())
+    }
+
     /// One-sided window w.
     pub fn window(&self) -> usize {
         self.g.window
@@ -175,10 +183,6 @@ pub fn arrow_attention(
     ctx: &mut ForwardCtx,
 ) -> Result<Tensor> {
     if !ctx.grad && !ctx.train && q.device().is_cpu() && q.dtype() == DType::F32 {
-        let (b, _, t, _) = q.dims4()?;
-        if (b, t) != (mask.b, mask.t) {
-            return Err(crate::Error::Input(format!("mask is for [{}, {}], inputs are [{b}, {t}]", mask.b, mask.t)));
-        }
         return super::arrow_attention_cpu::arrow_attention_cpu(q, k, v, mask, rel, scale);
     }
     arrow_attention_composite(q, k, v, mask, rel, scale, dropout, ctx)
@@ -197,9 +201,7 @@ pub fn arrow_attention_composite(
     ctx: &mut ForwardCtx,
 ) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
-    if (b, t) != (mask.b, mask.t) {
-        return Err(crate::Error::Input(format!("mask is for [{}, {}], inputs are [{b}, {t}]", mask.b, mask.t)));
-    }
+    mask.check(b, t)?;
     let dev = q.device().clone();
     let g = &mask.g;
     let (bs, nb, np, kw) = (g.bs, g.nb, g.np, g.kw);

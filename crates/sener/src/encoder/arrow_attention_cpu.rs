@@ -41,6 +41,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// rows — see the module docs.
 pub fn arrow_attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, mask: &ArrowMask, rel: Option<&RelativeTerms>, scale: f64) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
+    mask.check(b, t)?;
     let (qh, kh, vh) = (host(q)?, host(k)?, host(v)?);
     let w = mask.window().min(t.saturating_sub(1));
     let nd = 2 * w + 1;
