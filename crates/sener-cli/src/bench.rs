@@ -378,8 +378,10 @@ pub fn run_train_step(a: BenchTrainStepArgs) -> Result<()> {
     };
     let cuda = a.device.starts_with("cuda");
     println!(
-        "training step (forward + backward + AdamW), {} + LoRA r8 + span side (w′ 128, c 32, 2 BiSPA, 12 types), batch 1, f32, {}",
-        a.model, a.device
+        "training step (forward + backward + AdamW), {} + LoRA r8 + span side (w′ 128, c 32, 2 BiSPA, 12 types), batch 1, f32, {}, recompute {}",
+        a.model,
+        a.device,
+        recompute_name(a.recompute)
     );
     println!();
     println!("| tokens | words | first step s | later step s | peak {} (MiB) |", if cuda { "GPU memory" } else { "RSS" });
@@ -388,7 +390,7 @@ pub fn run_train_step(a: BenchTrainStepArgs) -> Result<()> {
     for &t in &a.lengths {
         let mut cmd = Command::new(&exe);
         cmd.args(["bench", "train-step-one", "--length", &t.to_string(), "--steps", &a.steps.to_string()])
-            .args(["--model", &a.model, "--device", &a.device]);
+            .args(["--model", &a.model, "--device", &a.device, "--recompute", recompute_name(a.recompute)]);
         if let Some(d) = &dir {
             cmd.arg("--minilm").arg(d);
         }
@@ -423,6 +425,15 @@ pub fn run_train_step(a: BenchTrainStepArgs) -> Result<()> {
     Ok(())
 }
 
+fn recompute_name(r: sener::train::recompute::Recompute) -> &'static str {
+    use sener::train::recompute::Recompute;
+    match r {
+        Recompute::Auto => "auto",
+        Recompute::Always => "always",
+        Recompute::Never => "never",
+    }
+}
+
 /// One segment of `length` tokens: [CLS], words of 1, 1 and 2 subwords in turn (≈ 1.33 subwords
 /// per word, as English text with this tokenizer), [SEP]; ids drawn from the ordinary vocabulary.
 pub(crate) fn synthetic_segment(length: usize, vocab: u32, cls: u32, sep: u32) -> (Vec<u32>, Vec<u32>, usize) {
@@ -449,7 +460,8 @@ pub(crate) fn synthetic_segment(length: usize, vocab: u32, cls: u32, sep: u32) -
 
 pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
     use sener::model::{BaseEncoder, Sener, SenerConfig};
-    use sener::span::loss::{band_labels, bce_loss, GoldSpan};
+    use sener::span::loss::{band_labels, GoldSpan};
+    use sener::train::recompute::loss_and_grads;
     use sener::span::{band::Band, SpanConfig, SpanModel};
     use sener::train::optim::{AdamW, AdamWConfig};
     use sener::train::trainer::{paper_groups, TrainConfig};
@@ -466,7 +478,7 @@ pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
     let labels = 12;
     let span = SpanModel::init(SpanConfig::default(), encoder.hidden_size(), labels, 0, DType::F32, &dev)?;
     let config = SenerConfig {
-        base: BaseEncoder { path: dir.clone(), sha256: None },
+        base: BaseEncoder { path: dir.clone(), sha256: None, hub: None },
         labels: (0..labels).map(|i| format!("type{i}")).collect(),
         arrow: recipe.arrow.clone(),
         span: recipe.span.clone(),
@@ -484,18 +496,16 @@ pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
     let mut ctx = ForwardCtx::train(0);
     let mut times = Vec::new();
     sener::mem::reset_peak_rss();
+    let recompute = a.recompute.applies(batch.ids.elem_count());
     for _ in 0..a.steps.max(1) {
         let t0 = Instant::now();
-        let out = model.forward(&batch, &mut ctx)?;
-        let loss = bce_loss(&out.logits, &lab.labels, &out.valid)?;
-        let grads = loss.backward()?;
-        drop(out);
-        opt.step(&grads, 1.0)?;
+        let step = loss_and_grads(&model, &batch, &lab.labels, 1.0, &mut ctx, recompute)?;
+        opt.step_with(|name, _| step.grads.get(name).cloned(), 1.0)?;
         dev.synchronize()?;
         times.push(t0.elapsed().as_secs_f64());
     }
     let later = if times.len() > 1 { times[1..].iter().sum::<f64>() / (times.len() - 1) as f64 } else { times[0] };
-    let v = serde_json::json!({"tokens": a.length, "words": words, "first_step_seconds": times[0], "step_seconds": later,
+    let v = serde_json::json!({"tokens": a.length, "words": words, "recompute": recompute, "first_step_seconds": times[0], "step_seconds": later,
         "peak_rss": sener::mem::peak_rss().unwrap_or(0)});
     println!("{v}");
     Ok(())

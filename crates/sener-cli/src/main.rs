@@ -6,6 +6,8 @@ mod cli;
 mod data_cmds;
 mod encode;
 mod extract;
+#[cfg(feature = "hub")]
+mod hub;
 mod plot;
 mod score;
 mod serve;

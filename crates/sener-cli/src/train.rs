@@ -47,14 +47,36 @@ pub fn config_from(a: &TrainArgs) -> Result<TrainConfig> {
         c.arrow.global_cls = false;
     }
     c.prior_bias |= a.prior_bias;
+    if let Some(r) = a.recompute {
+        c.recompute = r;
+    }
     if c.train.as_os_str().is_empty() || c.base.as_os_str().is_empty() {
         bail!("--train and --base are required (flags or the --config file)");
     }
     Ok(c)
 }
 
+/// `base` as a folder: local as it is, or (a Hub id such as `microsoft/deberta-v3-large`) fetched
+/// into the Hugging Face cache, with `base_hub` set to `org/name@commit`.
+fn resolve_base(c: &mut TrainConfig) -> Result<()> {
+    if c.base.exists() {
+        return Ok(());
+    }
+    #[cfg(feature = "hub")]
+    {
+        let (dir, hub) = crate::hub::resolve_base(&c.base)?;
+        eprintln!("base encoder {} -> {}", c.base.display(), dir.display());
+        c.base = dir;
+        c.base_hub = hub;
+        Ok(())
+    }
+    #[cfg(not(feature = "hub"))]
+    bail!("--base {}: no such folder (this build has no Hugging Face Hub support: feature `hub`)", c.base.display())
+}
+
 pub fn run(a: TrainArgs) -> Result<()> {
-    let cfg = config_from(&a)?;
+    let mut cfg = config_from(&a)?;
+    resolve_base(&mut cfg)?;
     let device = crate::cli::parse_device(&a.device)?;
     let json = serde_json::to_string_pretty(&cfg)?;
     eprintln!("training with:\n{json}");

@@ -259,7 +259,8 @@ fn extract_reads_files_and_stdin_and_reports_bad_input() {
 
 /// A training run killed with SIGKILL mid-run and resumed ends with exactly the weights of an
 /// uninterrupted run (tiny DeBERTa fixture, synthetic data); so does one stopped with Ctrl-C
-/// (SIGINT), which must exit cleanly after writing its checkpoint.
+/// (SIGINT), which must exit cleanly after writing its checkpoint. The runs recompute activations
+/// (`recompute = "always"`), the path long segments take, so the dropout replay is covered too.
 #[test]
 fn train_killed_and_resumed_equals_uninterrupted() {
     use std::os::unix::process::ExitStatusExt;
@@ -288,7 +289,7 @@ fn train_killed_and_resumed_equals_uninterrupted() {
             &p,
             format!(
                 "train = {:?}\ndev = {:?}\nbase = {:?}\noutput = {:?}\nlr_new = 0.01\nlr_encoder = 0.01\nbatch_size = 4\n\
-                 micro_batch = 2\nepochs = 10\nwarmup = 0.05\ncheckpoint_every = 1\n[span]\nwindow = 4\nbiaffine_size = 16\ncnn_dim = 8\ncnn_depth = 1\n",
+                 micro_batch = 2\nepochs = 10\nwarmup = 0.05\ncheckpoint_every = 1\nrecompute = \"always\"\n[span]\nwindow = 4\nbiaffine_size = 16\ncnn_dim = 8\ncnn_depth = 1\n",
                 dir.join("train.jsonl"),
                 dir.join("train.jsonl"),
                 base,

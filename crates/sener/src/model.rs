@@ -32,6 +32,10 @@ pub struct BaseEncoder {
     /// sha256 of its weight file, checked at load when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// `org/name@commit` when the base came from the Hugging Face Hub: where it came from, and
+    /// where to find it again in the Hub cache ([`hub_cache_dir`]) when `path` is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<String>,
 }
 
 /// Everything needed to rebuild a model (saved as `sener.json`). Defaults are the paper's.
@@ -190,8 +194,31 @@ impl SenerConfig {
     /// the path as written when none does (so the error names it). The sha256 in `sener.json`
     /// is checked at load whichever folder is found.
     pub fn base_dir(&self, model_dir: &Path) -> PathBuf {
-        resolve_base(&self.base.path, model_dir, cache_dir().as_deref())
+        let found = resolve_base(&self.base.path, model_dir, cache_dir().as_deref());
+        if !found.is_dir() {
+            if let Some(snapshot) = self.base.hub.as_deref().and_then(|h| hub_snapshot(h, hub_cache_dir().as_deref()?)) {
+                if snapshot.is_dir() {
+                    return snapshot;
+                }
+            }
+        }
+        found
     }
+}
+
+/// The Hugging Face Hub cache: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+/// `$HOME/.cache/huggingface/hub` (as Python's `huggingface_hub`).
+pub fn hub_cache_dir() -> Option<PathBuf> {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("HF_HUB_CACHE")
+        .or_else(|| var("HF_HOME").map(|h| h.join("hub")))
+        .or_else(|| var("HOME").map(|h| h.join(".cache/huggingface/hub")))
+}
+
+/// The snapshot folder of `org/name@commit` in a Hub cache.
+fn hub_snapshot(hub: &str, cache: &Path) -> Option<PathBuf> {
+    let (repo, commit) = hub.split_once('@')?;
+    Some(cache.join(format!("models--{}", repo.replace('/', "--"))).join("snapshots").join(commit))
 }
 
 /// The sener cache folder: `$SENER_CACHE`, else `$HOME/.cache/sener`.
@@ -235,6 +262,13 @@ mod tests {
         // nowhere: the path as written, for the error message
         assert_eq!(resolve_base(Path::new("other"), &model, Some(&cache)), model.join("other"));
         std::fs::remove_dir_all(root).ok();
+    }
+
+    #[test]
+    fn hub_bases_are_found_in_the_hub_cache_layout() {
+        let c = Path::new("/c");
+        assert_eq!(hub_snapshot("org/m-1@abc123", c), Some(PathBuf::from("/c/models--org--m-1/snapshots/abc123")));
+        assert_eq!(hub_snapshot("org/m", c), None);
     }
 }
 

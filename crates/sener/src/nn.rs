@@ -19,21 +19,25 @@ pub struct ForwardCtx {
     pub train: bool,
     /// Use differentiable composite ops (needed whenever a backward pass follows).
     pub grad: bool,
+    /// Record the graph through trainable parameters ([`Self::param`]). Off with `grad` on is the
+    /// first pass of recomputation (`crate::train::recompute`): the same ops and dropout masks as
+    /// a training pass, but nothing kept for a backward.
+    pub track: bool,
     rng: ChaCha8Rng,
 }
 
 impl ForwardCtx {
     /// Inference: no dropout, fused kernels.
     pub fn eval() -> Self {
-        Self { train: false, grad: false, rng: ChaCha8Rng::seed_from_u64(0) }
+        Self { train: false, grad: false, track: false, rng: ChaCha8Rng::seed_from_u64(0) }
     }
     /// Training: dropout on (seeded), differentiable ops.
     pub fn train(seed: u64) -> Self {
-        Self { train: true, grad: true, rng: ChaCha8Rng::seed_from_u64(seed) }
+        Self { train: true, grad: true, track: true, rng: ChaCha8Rng::seed_from_u64(seed) }
     }
     /// No dropout but differentiable ops (gradient checks, evaluation of a loss to differentiate).
     pub fn grad_only() -> Self {
-        Self { train: false, grad: true, rng: ChaCha8Rng::seed_from_u64(0) }
+        Self { train: false, grad: true, track: true, rng: ChaCha8Rng::seed_from_u64(0) }
     }
     /// The RNG state, to save with a checkpoint.
     pub fn rng(&self) -> &ChaCha8Rng {
@@ -70,11 +74,12 @@ impl ForwardCtx {
         Ok(xs.mul(&mask)?)
     }
 
-    /// A trainable parameter as used in this pass: tracked when gradients are wanted, detached
-    /// otherwise. (A tracked parameter makes candle keep every intermediate that depends on it
-    /// alive until the output is dropped: at inference that turns O(rows) memory into O(all).)
+    /// A trainable parameter as used in this pass: tracked when gradients are wanted (and
+    /// [`Self::track`] is on), detached otherwise. (A tracked parameter makes candle keep every
+    /// intermediate that depends on it alive until the output is dropped: at inference that turns
+    /// O(rows) memory into O(all).)
     pub fn param(&self, v: &candle_core::Var) -> Tensor {
-        if self.grad {
+        if self.grad && self.track {
             v.as_tensor().clone()
         } else {
             v.as_tensor().detach()

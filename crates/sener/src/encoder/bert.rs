@@ -20,6 +20,7 @@ use serde::Deserialize;
 use super::arrow_attention::{arrow_attention, ArrowConfig, ArrowMask};
 use super::block::{extended_position_ids, merge_heads, split_heads, LayerTail};
 use super::lora::{LoraConfig, LoraLinear};
+use super::LayerShared;
 use crate::nn::{embed, mask_to_host, Activation, ForwardCtx, LayerNorm, Linear};
 use crate::{Error, Result};
 
@@ -124,26 +125,39 @@ impl BertModel {
 
     /// `ids`: `[B, T]` u32, `mask`: `[B, T]` (1 = token, 0 = padding). Returns `[B, T, hidden]`.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let (mut x, shared) = self.begin(ids, mask, ctx)?;
+        for i in 0..self.layers.len() {
+            x = self.layer(i, &x, &shared, ctx)?;
+        }
+        Ok(x)
+    }
+
+    /// Embeddings (no trainable parameters) and what every layer shares.
+    pub fn begin(&self, ids: &Tensor, mask: &Tensor, ctx: &mut ForwardCtx) -> Result<(Tensor, LayerShared)> {
         let (b, t, valid) = mask_to_host(mask)?;
         let arrow_mask = ArrowMask::new(&valid, b, t, &self.arrow, self.dtype(), &ids.device().clone())?;
         let c = &self.config;
-        let heads = c.num_attention_heads;
-        let scale = 1.0 / ((c.hidden_size / heads) as f64).sqrt();
+        let scale = 1.0 / ((c.hidden_size / c.num_attention_heads) as f64).sqrt();
         let pos = Tensor::from_vec(extended_position_ids(t, self.position.dim(0)?), t, ids.device())?;
         let mut x = embed(&self.word, ids)?.broadcast_add(&self.position.index_select(&pos, 0)?)?;
         if let Some(tt) = &self.token_type {
             x = x.broadcast_add(&tt.narrow(0, 0, 1)?)?;
         }
         let x0 = self.norm.forward(&x, ctx)?;
-        let mut x = ctx.dropout(&x0, c.hidden_dropout_prob)?;
-        for l in &self.layers {
-            let q = split_heads(&l.query.forward(&x, ctx)?, heads)?;
-            let k = split_heads(&l.key.forward(&x)?, heads)?;
-            let v = split_heads(&l.value.forward(&x, ctx)?, heads)?;
-            let a = arrow_attention(&q, &k, &v, &arrow_mask, None, scale, c.attention_probs_dropout_prob, ctx)?;
-            x = l.tail.forward(&merge_heads(&a)?, &x, ctx)?;
-        }
-        Ok(x)
+        let x = ctx.dropout(&x0, c.hidden_dropout_prob)?;
+        Ok((x, LayerShared { mask: arrow_mask, scale, rel: None }))
+    }
+
+    /// Layer `i` on `x` `[B, T, hidden]`.
+    pub fn layer(&self, i: usize, x: &Tensor, shared: &LayerShared, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let c = &self.config;
+        let heads = c.num_attention_heads;
+        let l = self.layers.get(i).ok_or_else(|| Error::Input(format!("no layer {i}")))?;
+        let q = split_heads(&l.query.forward(x, ctx)?, heads)?;
+        let k = split_heads(&l.key.forward(x)?, heads)?;
+        let v = split_heads(&l.value.forward(x, ctx)?, heads)?;
+        let a = arrow_attention(&q, &k, &v, &shared.mask, None, shared.scale, c.attention_probs_dropout_prob, ctx)?;
+        l.tail.forward(&merge_heads(&a)?, x, ctx)
     }
 
     pub fn device(&self) -> candle_core::Device {

@@ -24,6 +24,7 @@ use super::arrow_attention::{arrow_attention, ArrowConfig, ArrowMask, RelativeTe
 use super::block::{extended_position_ids, merge_heads, split_heads, LayerTail};
 use super::lora::{LoraConfig, LoraLinear};
 use super::relative_position::RelativeIndex;
+use super::LayerShared;
 use crate::nn::{embed, mask_to_host, Activation, ForwardCtx, LayerNorm, Linear};
 use crate::{Error, Result};
 
@@ -260,62 +261,67 @@ impl DebertaV2Model {
 
     /// `ids`: `[B, T]` u32, `mask`: `[B, T]` (1 = token, 0 = padding). Returns `[B, T, hidden]`.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let (mut x, shared) = self.begin(ids, mask, ctx)?;
+        for i in 0..self.layers.len() {
+            x = self.layer(i, &x, &shared, ctx)?;
+        }
+        Ok(x)
+    }
+
+    /// Embeddings and the relative-position table (no trainable parameters), and what every
+    /// layer shares.
+    pub fn begin(&self, ids: &Tensor, mask: &Tensor, ctx: &mut ForwardCtx) -> Result<(Tensor, LayerShared)> {
         let (b, t, valid) = mask_to_host(mask)?;
         let arrow_mask = ArrowMask::new(&valid, b, t, &self.arrow, self.dtype(), &ids.device().clone())?;
         let c = &self.config;
-        let heads = c.num_attention_heads;
         let scale = 1.0 / ((c.head_dim() * c.scale_factor()) as f64).sqrt();
         let rel = match (&self.rel_embeddings, &self.rel_norm) {
             (Some(r), Some(n)) => Some(n.forward(r, ctx)?),
             (Some(r), None) => Some(r.clone()),
             _ => None,
         };
-        let mut x = self.embeddings.forward(ids, mask, ctx)?;
-        for layer in &self.layers {
-            let a = &layer.attn;
-            let q = split_heads(&a.query.forward(&x, ctx)?, heads)?;
-            let k = split_heads(&a.key.forward(&x)?, heads)?;
-            let v = split_heads(&a.value.forward(&x, ctx)?, heads)?;
-            let terms = match &rel {
-                Some(r) => {
-                    let r = ctx.dropout(r, c.hidden_dropout_prob)?; // HF `pos_dropout`
-                    let by_head = |t: Tensor| -> Result<Tensor> {
-                        let (p, hd) = t.dims2()?;
-                        Ok(t.reshape((p, heads, hd / heads))?.transpose(0, 1)?.contiguous()?)
-                    };
-                    let pos_key = if c.c2p() {
-                        Some(by_head(match &a.pos_key {
-                            Some(pk) => pk.forward(&r)?,
-                            None => a.key.forward(&r)?,
-                        })?)
-                    } else {
-                        None
-                    };
-                    let pos_query = if c.p2c() {
-                        Some(by_head(match &a.pos_query {
-                            Some(pq) => pq.forward(&r)?,
-                            None => a.query.forward(&r, ctx)?,
-                        })?)
-                    } else {
-                        None
-                    };
-                    Some(RelativeTerms { index: self.rel_index, pos_key, pos_query })
-                }
-                None => None,
-            };
-            let ctx_layer = arrow_attention(
-                &q,
-                &k,
-                &v,
-                &arrow_mask,
-                terms.as_ref(),
-                scale,
-                c.attention_probs_dropout_prob,
-                ctx,
-            )?;
-            x = layer.tail.forward(&merge_heads(&ctx_layer)?, &x, ctx)?;
-        }
-        Ok(x)
+        let x = self.embeddings.forward(ids, mask, ctx)?;
+        Ok((x, LayerShared { mask: arrow_mask, scale, rel }))
+    }
+
+    /// Layer `i` on `x` `[B, T, hidden]`.
+    pub fn layer(&self, i: usize, x: &Tensor, shared: &LayerShared, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let c = &self.config;
+        let heads = c.num_attention_heads;
+        let layer = self.layers.get(i).ok_or_else(|| Error::Input(format!("no layer {i}")))?;
+        let a = &layer.attn;
+        let q = split_heads(&a.query.forward(x, ctx)?, heads)?;
+        let k = split_heads(&a.key.forward(x)?, heads)?;
+        let v = split_heads(&a.value.forward(x, ctx)?, heads)?;
+        let terms = match &shared.rel {
+            Some(r) => {
+                let r = ctx.dropout(r, c.hidden_dropout_prob)?; // HF `pos_dropout`
+                let by_head = |t: Tensor| -> Result<Tensor> {
+                    let (p, hd) = t.dims2()?;
+                    Ok(t.reshape((p, heads, hd / heads))?.transpose(0, 1)?.contiguous()?)
+                };
+                let pos_key = if c.c2p() {
+                    Some(by_head(match &a.pos_key {
+                        Some(pk) => pk.forward(&r)?,
+                        None => a.key.forward(&r)?,
+                    })?)
+                } else {
+                    None
+                };
+                let pos_query = if c.p2c() {
+                    Some(by_head(match &a.pos_query {
+                        Some(pq) => pq.forward(&r)?,
+                        None => a.query.forward(&r, ctx)?,
+                    })?)
+                } else {
+                    None
+                };
+                Some(RelativeTerms { index: self.rel_index, pos_key, pos_query })
+            }
+            None => None,
+        };
+        let ctx_layer = arrow_attention(&q, &k, &v, &shared.mask, terms.as_ref(), shared.scale, c.attention_probs_dropout_prob, ctx)?;
+        layer.tail.forward(&merge_heads(&ctx_layer)?, x, ctx)
     }
 
     pub fn device(&self) -> candle_core::Device {

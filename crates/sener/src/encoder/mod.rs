@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, Var};
 
 pub use arrow_attention::ArrowConfig;
+use arrow_attention::ArrowMask;
 pub use lora::LoraConfig;
 
 use crate::nn::ForwardCtx;
@@ -48,6 +49,14 @@ impl Default for EncoderOptions {
 pub enum Encoder {
     Deberta(deberta::DebertaV2Model),
     Bert(bert::BertModel),
+}
+
+/// What every encoder layer of one batch shares: the arrow masks, the score scale and (DeBERTa)
+/// the normalised relative-position table. Built by [`Encoder::begin`].
+pub struct LayerShared {
+    pub(crate) mask: ArrowMask,
+    pub(crate) scale: f64,
+    pub(crate) rel: Option<Tensor>,
 }
 
 impl Encoder {
@@ -161,6 +170,33 @@ impl Encoder {
     /// Last hidden states `[B, T, hidden]` for `ids` `[B, T]` (u32) and `mask` `[B, T]`
     /// (1 = token, 0 = padding).
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        self.check_input(ids, mask)?;
+        match self {
+            Self::Deberta(m) => m.forward(ids, mask, ctx),
+            Self::Bert(m) => m.forward(ids, mask, ctx),
+        }
+    }
+
+    /// The forward pass in pieces, for recomputation (`crate::train::recompute`): embeddings
+    /// (nothing trainable) and what the layers share; then [`Self::layer`] for each layer in turn.
+    /// `forward` is exactly `begin` followed by every layer.
+    pub fn begin(&self, ids: &Tensor, mask: &Tensor, ctx: &mut ForwardCtx) -> Result<(Tensor, LayerShared)> {
+        self.check_input(ids, mask)?;
+        match self {
+            Self::Deberta(m) => m.begin(ids, mask, ctx),
+            Self::Bert(m) => m.begin(ids, mask, ctx),
+        }
+    }
+
+    /// Layer `i` (0-based, below [`Self::num_layers`]) on hidden states `[B, T, hidden]`.
+    pub fn layer(&self, i: usize, x: &Tensor, shared: &LayerShared, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        match self {
+            Self::Deberta(m) => m.layer(i, x, shared, ctx),
+            Self::Bert(m) => m.layer(i, x, shared, ctx),
+        }
+    }
+
+    fn check_input(&self, ids: &Tensor, mask: &Tensor) -> Result<()> {
         let (b, t) = ids.dims2()?;
         if b == 0 || t == 0 {
             return Err(Error::Input(format!("empty batch [{b}, {t}]")));
@@ -172,10 +208,7 @@ impl Encoder {
         if max_id >= self.vocab_size() {
             return Err(Error::Input(format!("token id {max_id} is outside the vocabulary (size {})", self.vocab_size())));
         }
-        match self {
-            Self::Deberta(m) => m.forward(ids, mask, ctx),
-            Self::Bert(m) => m.forward(ids, mask, ctx),
-        }
+        Ok(())
     }
 
     fn lora_layers(&self) -> Box<dyn Iterator<Item = &lora::LoraLinear> + '_> {

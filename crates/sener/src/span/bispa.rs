@@ -117,12 +117,18 @@ impl BiSpaBlock {
 
     /// `x`: band `[B, n, K, c]`; `valid`: `[B, n, K]` (1 = real pair); `rope`: (sin, cos) `[K, c]`.
     pub fn forward(&self, x: &Tensor, band: Band, valid: &Tensor, rope: &(Tensor, Tensor), ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let y = self.attend(x, band, valid, rope, ctx)?;
+        self.convolve(&y, valid, ctx)
+    }
+
+    /// The block's first half: horizontal and vertical attention, `dense`, `LN₁` → `Y`.
+    /// (Separate so that recomputation can keep one half's graph at a time.)
+    pub fn attend(&self, x: &Tensor, band: Band, valid: &Tensor, rope: &(Tensor, Tensor), ctx: &mut ForwardCtx) -> Result<Tensor> {
         let kk = x.dim(2)?;
         let dev = x.device();
         let tri: Vec<u32> = (0..kk).map(|k| (k >= band.w) as u32).collect();
         let tri = ctx.param(&self.pos_embed).index_select(&Tensor::from_vec(tri, kk, dev)?, 0)?; // [K, c]
         let x = x.clamp(-1000f32, 1000f32)?.broadcast_add(&tri)?;
-        let valid4 = valid.unsqueeze(3)?;
         let zh = self.attention(&x, &self.h_qkv, valid, rope, ctx)?;
         let zv = self.attention(&band.vertical(&x)?, &self.v_qkv, valid, rope, ctx)?;
         let d = self.dense.forward(&Tensor::cat(&[&zh, &zv], 3)?, ctx)?;
@@ -130,7 +136,12 @@ impl BiSpaBlock {
         let row_has_valid = valid.max_keepdim(2)?.unsqueeze(3)?; // [B, n, 1, 1]
         let d = d.broadcast_mul(&row_has_valid)?;
         let ln1 = LayerNorm { weight: ctx.param(&self.ln1.0), bias: ctx.param(&self.ln1.1), eps: 1e-5 };
-        let y = ln1.forward(&(x + d)?, ctx)?;
+        ln1.forward(&(x + d)?, ctx)
+    }
+
+    /// The block's second half: the masked conv pair, dropout, `LN₂(Y + ·)`.
+    pub fn convolve(&self, y: &Tensor, valid: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let valid4 = valid.unsqueeze(3)?;
         let h = self.conv(&y.broadcast_mul(&valid4)?, &ctx.param(&self.conv1), ctx)?.gelu_erf()?;
         let h = self.conv(&h.broadcast_mul(&valid4)?, &ctx.param(&self.conv2), ctx)?;
         let h = ctx.dropout(&h, self.dropout)?;

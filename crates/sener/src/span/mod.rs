@@ -77,6 +77,14 @@ pub struct SpanOutput {
     pub valid: Tensor,
 }
 
+/// What the span-side pieces of one batch share, built by [`SpanModel::begin`].
+pub struct SpanShared {
+    pub band: Band,
+    /// `[B, n, K]` band validity (1 = real pair).
+    pub valid: Tensor,
+    rope: (Tensor, Tensor),
+}
+
 impl SpanModel {
     /// Loads (or, with an initialising `vb`, creates) the span side; names as in the official
     /// checkpoint without its `base_model.model.` prefix.
@@ -127,23 +135,63 @@ impl SpanModel {
 
     /// `words`: `[B, n, hidden]` word vectors; `lens`: real word count of each row.
     pub fn forward(&self, words: &Tensor, lens: &[usize], ctx: &mut ForwardCtx) -> Result<SpanOutput> {
+        let shared = self.begin(words, lens)?;
+        let s = self.biaffine(words, &shared, ctx)?;
+        let mut x = s.clone();
+        for i in 0..self.blocks.len() {
+            x = self.block(i, &x, &shared, ctx)?;
+        }
+        let logits = self.head(&x, &s, ctx)?;
+        Ok(SpanOutput { logits, valid: shared.valid })
+    }
+
+    /// The forward pass in pieces, for recomputation (`crate::train::recompute`): `forward` is
+    /// `begin`, [`Self::biaffine`], every [`Self::block`] in turn, then [`Self::head`] on the last
+    /// block's output and the biaffine band. This builds what they share (band validity, RoPE).
+    pub fn begin(&self, words: &Tensor, lens: &[usize]) -> Result<SpanShared> {
         let (b, n, _) = words.dims3()?;
         if lens.len() != b || lens.iter().any(|&l| l > n) {
             return Err(Error::Input(format!("word lengths {lens:?} do not fit a batch of {b} rows of {n} words")));
         }
         let band = self.band();
         let valid = band.mask(lens, n, words.dtype(), words.device())?;
-        let s = self.biaffine.forward(words, band, &valid, ctx)?;
         let rope = rope_tables(band.k(), self.config.cnn_dim, words.dtype(), words.device())?;
-        let mut x = s.clone();
-        for blk in &self.blocks {
-            x = blk.forward(&x, band, &valid, &rope, ctx)?;
+        Ok(SpanShared { band, valid, rope })
+    }
+
+    /// The biaffine band `S` `[B, n, K, c]` of word vectors `[B, n, hidden]`.
+    pub fn biaffine(&self, words: &Tensor, shared: &SpanShared, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        self.biaffine.forward(words, shared.band, &shared.valid, ctx)
+    }
+
+    /// Number of BiSPA blocks.
+    pub fn depth(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// BiSPA block `i` on a band `[B, n, K, c]`.
+    pub fn block(&self, i: usize, x: &Tensor, shared: &SpanShared, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let y = self.block_half(2 * i, x, shared, ctx)?;
+        self.block_half(2 * i + 1, &y, shared, ctx)
+    }
+
+    /// Half `h` of the BiSPA stack (`2·depth` halves): block `h / 2`'s attention half
+    /// ([`BiSpaBlock::attend`]) for even `h`, its convolution half for odd `h`.
+    pub fn block_half(&self, h: usize, x: &Tensor, shared: &SpanShared, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let blk = self.blocks.get(h / 2).ok_or_else(|| Error::Input(format!("no BiSPA block {}", h / 2)))?;
+        if h % 2 == 0 {
+            blk.attend(x, shared.band, &shared.valid, &shared.rope, ctx)
+        } else {
+            blk.convolve(x, &shared.valid, ctx)
         }
+    }
+
+    /// The head on `x + s` (last block's output plus the biaffine band): logits `[B, n, K, R]`.
+    pub fn head(&self, x: &Tensor, s: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let logits = self.down_fc.forward(&(x + s)?, ctx)?;
         // Non-finite logits → 0 (official: logits[~isfinite] = 0); NaN < ∞ is false too.
         let finite = logits.abs()?.lt(f64::INFINITY)?;
-        let logits = finite.where_cond(&logits, &logits.zeros_like()?)?;
-        Ok(SpanOutput { logits, valid })
+        Ok(finite.where_cond(&logits, &logits.zeros_like()?)?)
     }
 
     /// The official inference logits: invalid cells set to −1e-6.

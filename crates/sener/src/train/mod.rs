@@ -1,4 +1,5 @@
 //! Training: the paper's optimiser and schedule ([`optim`]) and the loop ([`trainer`]).
 
 pub mod optim;
+pub mod recompute;
 pub mod trainer;

@@ -9,12 +9,9 @@
 //! from it exactly: a run killed at any moment and resumed ends with the same weights as an
 //! uninterrupted one.
 //!
-//! Not yet here (issue 5): Ctrl-C handling, progress bars.
-//!
-//! Memory: a gradient pass keeps BiSPA's `[rows, K, K]` attention scores and ~11 derived tensors
-//! per view and block alive (≈ 12.7 MB per word at K = 257, c = 32; measured 0.7 GB forward +
-//! 1.1 GB backward for a 29-word segment). Until the fused row attention of issue 7 lands,
-//! Scholar-XL-length segments (~500 words) need about 13 GB per segment on CPU.
+//! Memory: a micro-batch of 2,048 tokens or more is trained with recomputation (see
+//! [`super::recompute`]; `recompute` in the config): one stage's graph at a time instead of the
+//! whole model's. A 5,120-token MiniLM step then peaks at about 10 GB instead of ~30 GB.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -37,7 +34,8 @@ use crate::metric::{MetricResult, Scorer};
 use crate::model::{Batch, BaseEncoder, Sener, SenerConfig};
 use crate::nn::ForwardCtx;
 use crate::span::band::Band;
-use crate::span::loss::{band_labels, bce_loss, GoldSpan};
+use crate::span::loss::{band_labels, GoldSpan};
+use super::recompute::{loss_and_grads, Recompute};
 use crate::span::{SpanConfig, SpanModel};
 use crate::{Error, Result};
 
@@ -51,6 +49,10 @@ pub struct TrainConfig {
     pub dev: Option<PathBuf>,
     /// Base encoder (Hugging Face folder).
     pub base: PathBuf,
+    /// `org/name@commit` when `base` is a Hugging Face Hub snapshot (`sener train --base org/name`
+    /// fetches it and sets both); recorded in the model's `sener.json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_hub: Option<String>,
     /// Output model folder.
     pub output: PathBuf,
     /// Entity types in logit order (None: sorted labels of the training data).
@@ -90,6 +92,9 @@ pub struct TrainConfig {
     /// segment, the official start spends its first steps only pushing every logit down (a summed
     /// BCE of ~10⁵ at step 1 against ~10² for a constant predictor).
     pub prior_bias: bool,
+    /// Recompute stage activations in the backward pass instead of keeping the whole graph
+    /// (see [`super::recompute`]): `auto` (micro-batches of ≥ 2,048 tokens), `always`, `never`.
+    pub recompute: Recompute,
 }
 
 impl Default for TrainConfig {
@@ -98,6 +103,7 @@ impl Default for TrainConfig {
             train: PathBuf::new(),
             dev: None,
             base: PathBuf::new(),
+            base_hub: None,
             output: PathBuf::from("models/sener"),
             labels: None,
             arrow: ArrowConfig::default(),
@@ -119,6 +125,7 @@ impl Default for TrainConfig {
             checkpoint_every: 50,
             resume: false,
             prior_bias: false,
+            recompute: Recompute::Auto,
         }
     }
 }
@@ -430,7 +437,7 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
     let weights = crate::weights::WeightFiles::find(&cfg.base)?;
     let base_path = std::fs::canonicalize(&cfg.base).unwrap_or_else(|_| cfg.base.clone());
     let config = SenerConfig {
-        base: BaseEncoder { path: base_path, sha256: Some(crate::model::sha256_file(&weights.display_path())?) },
+        base: BaseEncoder { path: base_path, sha256: Some(crate::model::sha256_file(&weights.display_path())?), hub: cfg.base_hub.clone() },
         labels: labels.clone(),
         arrow: cfg.arrow.clone(),
         span: cfg.span.clone(),
@@ -531,20 +538,16 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
             let n = batch.words.iter().copied().max().unwrap_or(1);
             let gold: Vec<Vec<GoldSpan>> = idxs.iter().map(|&i| train_split.examples[i].gold.clone()).collect();
             let lab = band_labels(&gold, &batch.words, n, band, labels.len(), device)?;
-            let out = model.forward(&batch, &mut ctx)?;
             // Mean over the effective batch: each micro-batch loss (mean over its rows) / accum.
-            let loss = (bce_loss(&out.logits, &lab.labels, &out.valid)? / accum as f64)?;
-            acc_loss += loss.to_scalar::<f32>()? as f64;
-            let grads = loss.backward()?;
-            for (name, var) in &trainable {
-                if let Some(g) = grads.get(var) {
-                    let g = g.detach();
-                    let sum = match acc.remove(name) {
-                        Some(a) => (a + g)?,
-                        None => g,
-                    };
-                    acc.insert(name.clone(), sum);
-                }
+            let recompute = cfg.recompute.applies(batch.ids.elem_count());
+            let step = loss_and_grads(&model, &batch, &lab.labels, 1.0 / accum as f64, &mut ctx, recompute)?;
+            acc_loss += step.loss;
+            for (name, g) in step.grads {
+                let sum = match acc.remove(&name) {
+                    Some(a) => (a + g)?,
+                    None => g,
+                };
+                acc.insert(name, sum);
             }
             in_acc += 1;
             if in_acc == accum || mi + 1 == micro.len() {

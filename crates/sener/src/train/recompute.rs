@@ -1,0 +1,338 @@
+//! One training micro-batch: forward, loss, backward, gradients by parameter name — either
+//! plainly (candle keeps every intermediate of the whole model until the backward pass) or with
+//! **recomputation** (gradient checkpointing by stages), which keeps only the stage boundaries.
+//!
+//! Why: candle records every intermediate of a training forward. With MiniLM that is about
+//! 1.6 MB per subword in the encoder (the composite arrow-attention ops) and 1.9 MB per word on
+//! the span side, and the backward pass roughly doubles it: 7.2 GB for a 1,024-token step,
+//! ~30 GB (estimated) for 5,120. The arrow/band design promises memory linear in length *and*
+//! small per token; the stages below deliver the second half (measured, `sener bench train-step`:
+//! 1.9 GB at 1,024 tokens, 10.3 GB at 5,120, for ~20 % more time per step).
+//!
+//! Stages, in forward order: each encoder layer; word pooling; the biaffine band; each half of
+//! each BiSPA block (attention, convolutions); the head with the loss. (Embeddings and the
+//! relative-position table hold nothing trainable and are computed once.)
+//!
+//! 1. Forward through every stage with the graph off ([`ForwardCtx::track`] false: the same ops
+//!    and dropout masks, parameters detached), keeping each stage's input (a `[B, T, hidden]` or
+//!    a `[B, n, K, c]` tensor) and the dropout RNG state at its start.
+//! 2. The last stage (head + loss) runs with the graph on at once; its backward gives the head's
+//!    gradients and the gradients at its inputs.
+//! 3. Walking back, each stage is run again from its saved input (as a fresh leaf) and RNG state,
+//!    so it draws the same dropout masks and gives the same values, and
+//!    `Σ(output · upstream gradient)` is differentiated: the stage's parameter gradients and the
+//!    gradient at its input, which is the upstream gradient of the stage before it.
+//!
+//! Peak memory is then one stage's graph plus the boundaries, at the cost of one more forward
+//! pass. The values are those of the plain pass (same ops, same masks); gradients agree up to
+//! float summation order (tested below). The context's RNG ends where a plain pass leaves it, so
+//! runs stay reproducible and resumable.
+
+use std::collections::HashMap;
+
+use candle_core::{backprop::GradStore, Tensor, Var};
+use rand_chacha::ChaCha8Rng;
+
+use crate::model::{Batch, Sener};
+use crate::nn::ForwardCtx;
+use crate::span::loss::bce_loss;
+use crate::span::pooling::WordPooling;
+use crate::Result;
+
+/// When to recompute instead of keeping the whole graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recompute {
+    /// For micro-batches of at least [`AUTO_TOKENS`] tokens (padding included).
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// [`Recompute::Auto`] switches on at this many tokens per micro-batch: below it the whole graph
+/// fits in a few GB, and the extra forward pass (~30 % of a step) is not worth it.
+pub const AUTO_TOKENS: usize = 2048;
+
+impl Recompute {
+    pub fn applies(self, tokens: usize) -> bool {
+        match self {
+            Self::Auto => tokens >= AUTO_TOKENS,
+            Self::Always => true,
+            Self::Never => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Recompute {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            o => Err(format!("recompute must be auto, always or never, not `{o}`")),
+        }
+    }
+}
+
+/// Loss and gradients of one micro-batch.
+pub struct StepGrads {
+    /// The loss (already multiplied by the caller's `scale`).
+    pub loss: f64,
+    /// Gradient of every trainable tensor that the loss reaches, by [`Sener::trainable`] name.
+    pub grads: HashMap<String, Tensor>,
+}
+
+/// Forward, `scale ×` BCE loss (spec §6), backward. `labels`: `[B, n, K, R]` band labels.
+pub fn loss_and_grads(model: &Sener, batch: &Batch, labels: &Tensor, scale: f64, ctx: &mut ForwardCtx, recompute: bool) -> Result<StepGrads> {
+    let trainable = model.trainable();
+    if !recompute {
+        let out = model.forward(batch, ctx)?;
+        let loss = (bce_loss(&out.logits, labels, &out.valid)? * scale)?;
+        let store = loss.backward()?;
+        let mut grads = HashMap::new();
+        collect(&store, &trainable, &mut grads)?;
+        return Ok(StepGrads { loss: loss.to_scalar::<f32>()? as f64, grads });
+    }
+    let track = ctx.track;
+    ctx.track = false;
+    let r = staged(model, batch, labels, scale, ctx, &trainable);
+    ctx.track = track;
+    r
+}
+
+fn staged(model: &Sener, batch: &Batch, labels: &Tensor, scale: f64, ctx: &mut ForwardCtx, trainable: &[(String, Var)]) -> Result<StepGrads> {
+    let (enc, span) = (&model.encoder, &model.span);
+    // ---- 1. forward, graph off: stage inputs and RNG states ----
+    let (x0, shared) = enc.begin(&batch.ids, &batch.mask, ctx)?;
+    let layers = enc.num_layers();
+    let mut hs = vec![x0];
+    let mut layer_rng: Vec<ChaCha8Rng> = Vec::with_capacity(layers);
+    for i in 0..layers {
+        layer_rng.push(ctx.rng().clone());
+        let y = enc.layer(i, &hs[i], &shared, ctx)?;
+        hs.push(y);
+    }
+    let t = batch.ids.dim(1)?;
+    let n = batch.words.iter().copied().max().unwrap_or(0).max(1);
+    let pooling = WordPooling::new(&batch.indexes, t, n)?;
+    let words = pooling.forward(&hs[layers])?;
+    let sshared = span.begin(&words, &batch.words)?;
+    let biaffine_rng = ctx.rng().clone();
+    let s = span.biaffine(&words, &sshared, ctx)?;
+    // Each BiSPA block is two stages (attention half, convolution half).
+    let depth = 2 * span.depth();
+    let mut bands = vec![s];
+    let mut block_rng: Vec<ChaCha8Rng> = Vec::with_capacity(depth);
+    for i in 0..depth {
+        block_rng.push(ctx.rng().clone());
+        let y = span.block_half(i, &bands[i], &sshared, ctx)?;
+        bands.push(y);
+    }
+    let end_rng = ctx.rng().clone();
+    ctx.track = true;
+    let mut grads = HashMap::new();
+
+    // ---- 2. head + loss, graph on ----
+    let (loss, mut g_x, mut g_s) = {
+        let s_leaf = Var::from_tensor(&bands[0])?;
+        let x_leaf = if depth == 0 { s_leaf.clone() } else { Var::from_tensor(&bands[depth])? };
+        let logits = span.head(x_leaf.as_tensor(), s_leaf.as_tensor(), ctx)?;
+        let loss = (bce_loss(&logits, labels, &sshared.valid)? * scale)?;
+        let store = loss.backward()?;
+        collect(&store, trainable, &mut grads)?;
+        let g_x = grad_of(&store, &x_leaf)?;
+        // With no blocks x and s are one leaf: its gradient already holds both terms.
+        let g_s = if depth == 0 { g_x.zeros_like()? } else { grad_of(&store, &s_leaf)? };
+        (loss.to_scalar::<f32>()? as f64, g_x, g_s)
+    };
+
+    // ---- 3. walk back, recomputing each stage ----
+    for i in (0..depth).rev() {
+        ctx.set_rng(block_rng[i].clone());
+        bands.truncate(i + 1); // half i's output is no longer needed; its input is bands[i]
+        g_x = stage_backward(&bands[i], &g_x, ctx, trainable, &mut grads, |x, ctx| span.block_half(i, x, &sshared, ctx))?;
+    }
+    g_s = (g_s + g_x)?;
+    drop(bands);
+    ctx.set_rng(biaffine_rng);
+    let g_words = stage_backward(&words, &g_s, ctx, trainable, &mut grads, |w, ctx| span.biaffine(w, &sshared, ctx))?;
+    drop(g_s);
+    let mut g_h = stage_backward(&hs[layers], &g_words, ctx, trainable, &mut grads, |h, _| pooling.forward(h))?;
+    for i in (0..layers).rev() {
+        ctx.set_rng(layer_rng[i].clone());
+        hs.truncate(i + 1); // layer i's output is no longer needed; its input is hs[i]
+        if i == 0 {
+            // Nothing trainable before the first layer: no gradient at its input is needed.
+            let out = enc.layer(0, &hs[0], &shared, ctx)?;
+            let store = (out * g_h.detach())?.sum_all()?.backward()?;
+            collect(&store, trainable, &mut grads)?;
+            break;
+        }
+        g_h = stage_backward(&hs[i], &g_h, ctx, trainable, &mut grads, |x, ctx| enc.layer(i, x, &shared, ctx))?;
+    }
+    ctx.set_rng(end_rng);
+    Ok(StepGrads { loss, grads })
+}
+
+/// Runs `f` on a fresh leaf copy of `input` with the graph on, differentiates
+/// `Σ f(input) · upstream`, adds the parameter gradients to `grads` and returns the gradient at
+/// `input`.
+fn stage_backward(
+    input: &Tensor,
+    upstream: &Tensor,
+    ctx: &mut ForwardCtx,
+    trainable: &[(String, Var)],
+    grads: &mut HashMap<String, Tensor>,
+    f: impl FnOnce(&Tensor, &mut ForwardCtx) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let leaf = Var::from_tensor(input)?;
+    let out = f(leaf.as_tensor(), ctx)?;
+    let store = (out * upstream.detach())?.sum_all()?.backward()?;
+    collect(&store, trainable, grads)?;
+    grad_of(&store, &leaf)
+}
+
+fn grad_of(store: &GradStore, leaf: &Var) -> Result<Tensor> {
+    match store.get(leaf.as_tensor()) {
+        Some(g) => Ok(g.detach()),
+        None => Ok(leaf.as_tensor().zeros_like()?),
+    }
+}
+
+fn collect(store: &GradStore, trainable: &[(String, Var)], grads: &mut HashMap<String, Tensor>) -> Result<()> {
+    for (name, var) in trainable {
+        if let Some(g) = store.get(var.as_tensor()) {
+            let g = g.detach();
+            let sum = match grads.remove(name) {
+                Some(a) => (a + g)?,
+                None => g,
+            };
+            grads.insert(name.clone(), sum);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoder::{ArrowConfig, Encoder, EncoderOptions, LoraConfig};
+    use crate::model::{BaseEncoder, SenerConfig};
+    use crate::span::band::Band;
+    use crate::span::loss::{band_labels, GoldSpan};
+    use crate::span::{SpanConfig, SpanModel};
+    use candle_core::{DType, Device};
+
+    fn tiny(depth: usize, deberta: bool) -> Sener {
+        let dev = Device::Cpu;
+        let arrow = ArrowConfig { window: 3, ..ArrowConfig::default() };
+        let opts = EncoderOptions { arrow: arrow.clone(), dtype: DType::F32, device: dev.clone() };
+        let cfg = if deberta {
+            serde_json::json!({"model_type": "deberta-v2", "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 3,
+                "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 64, "type_vocab_size": 0,
+                "relative_attention": true, "position_buckets": 8, "max_relative_positions": -1, "pos_att_type": ["p2c", "c2p"],
+                "norm_rel_ebd": "layer_norm", "share_att_key": true, "position_biased_input": false,
+                "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "layer_norm_eps": 1e-7, "hidden_act": "gelu"})
+        } else {
+            serde_json::json!({"model_type": "bert", "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 3,
+                "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 64, "type_vocab_size": 2,
+                "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "layer_norm_eps": 1e-12, "hidden_act": "gelu"})
+        };
+        let mut encoder = Encoder::random(cfg, &opts, 3).unwrap();
+        let lora = LoraConfig::default();
+        encoder.add_lora(&lora, 5).unwrap();
+        let span_cfg = SpanConfig { window: 3, biaffine_size: 6, cnn_dim: 4, cnn_depth: depth, ..SpanConfig::default() };
+        let span = SpanModel::init(span_cfg.clone(), 16, 3, 7, DType::F32, &dev).unwrap();
+        // LoRA B starts at zero: move every adapter off it so the encoder gradients are generic.
+        for (_, v) in encoder.trainable() {
+            let t = v.as_tensor();
+            v.set(&(t + Tensor::randn(0f32, 0.05, t.shape(), &dev).unwrap()).unwrap()).unwrap();
+        }
+        let config = SenerConfig {
+            base: BaseEncoder { path: "random".into(), sha256: None, hub: None },
+            labels: vec!["a".into(), "b".into(), "c".into()],
+            arrow,
+            span: span_cfg,
+            lora: Some(lora),
+            max_len: 64,
+        };
+        Sener { config, encoder, span }
+    }
+
+    fn batch(dev: &Device) -> (Batch, Tensor) {
+        // two rows: 12 words (some of two subwords) and 7 words (padded)
+        let row = |words: usize| {
+            let (mut ids, mut idx) = (vec![1u32], vec![0u32]);
+            for w in 0..words {
+                for p in 0..(1 + w % 2) {
+                    ids.push(5 + ((w * 7 + p * 3) % 40) as u32);
+                    idx.push(w as u32 + 1);
+                }
+            }
+            ids.push(2);
+            idx.push(0);
+            (ids, idx, words)
+        };
+        let b = Batch::new(&[row(12), row(7)], 0, dev).unwrap();
+        let gold = vec![
+            vec![GoldSpan { start: 0, end: 1, label: 0 }, GoldSpan { start: 4, end: 4, label: 2 }, GoldSpan { start: 8, end: 10, label: 1 }],
+            vec![GoldSpan { start: 2, end: 3, label: 1 }],
+        ];
+        let lab = band_labels(&gold, &b.words, 12, Band::new(3), 3, dev).unwrap();
+        (b, lab.labels)
+    }
+
+    /// The recomputed step gives the plain step's loss and gradients (dropout on, so the masks must
+    /// be replayed), reaches every trainable tensor, and leaves the RNG where the plain step does.
+    #[test]
+    fn recomputation_matches_the_plain_backward() {
+        for (depth, deberta) in [(2, true), (0, false), (1, false)] {
+            let m = tiny(depth, deberta);
+            let (b, labels) = batch(&Device::Cpu);
+            let mut c1 = ForwardCtx::train(11);
+            let mut c2 = ForwardCtx::train(11);
+            let plain = loss_and_grads(&m, &b, &labels, 0.5, &mut c1, false).unwrap();
+            let staged = loss_and_grads(&m, &b, &labels, 0.5, &mut c2, true).unwrap();
+            assert!(c2.track, "the context must come back tracking");
+            assert!((plain.loss - staged.loss).abs() <= 1e-5 * plain.loss.abs(), "{} vs {}", plain.loss, staged.loss);
+            let names: Vec<String> = m.trainable().into_iter().map(|(n, _)| n).collect();
+            assert_eq!(plain.grads.len(), names.len(), "plain backward reaches every tensor");
+            assert_eq!(staged.grads.len(), names.len(), "staged backward reaches every tensor");
+            for n in &names {
+                let (a, b) = (&plain.grads[n], &staged.grads[n]);
+                let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let scale = a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(scale > 0.0, "{n}: zero gradient");
+                assert!(diff <= 1e-4 * scale + 1e-7, "depth {depth} deberta {deberta} {n}: max diff {diff} (scale {scale})");
+            }
+            // same RNG afterwards: the next dropout masks agree
+            let x = Tensor::ones(64, DType::F32, &Device::Cpu).unwrap();
+            let (d1, d2) = (c1.dropout(&x, 0.5).unwrap(), c2.dropout(&x, 0.5).unwrap());
+            assert_eq!(d1.to_vec1::<f32>().unwrap(), d2.to_vec1::<f32>().unwrap());
+        }
+    }
+
+    #[test]
+    fn untracked_pass_keeps_no_graph() {
+        let m = tiny(2, true);
+        let (b, _) = batch(&Device::Cpu);
+        let mut ctx = ForwardCtx::train(1);
+        ctx.track = false;
+        let out = m.forward(&b, &mut ctx).unwrap();
+        assert!(!out.logits.track_op(), "an untracked pass must not record the graph");
+        ctx.track = true;
+        let out = m.forward(&b, &mut ctx).unwrap();
+        assert!(out.logits.track_op());
+    }
+
+    #[test]
+    fn auto_switches_on_long_micro_batches() {
+        assert!(!Recompute::Auto.applies(AUTO_TOKENS - 1));
+        assert!(Recompute::Auto.applies(AUTO_TOKENS));
+        assert!(Recompute::Always.applies(1) && !Recompute::Never.applies(1 << 20));
+        assert_eq!("never".parse::<Recompute>(), Ok(Recompute::Never));
+        assert!("sometimes".parse::<Recompute>().is_err());
+    }
+}
