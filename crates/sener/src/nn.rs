@@ -60,9 +60,12 @@ impl ForwardCtx {
         let keep = 1.0 - p;
         let scale = 1.0 / keep;
         if !xs.device().is_cpu() {
-            // On a GPU the mask is drawn there (cuRAND, seeded by the device): drawing band-sized
-            // masks on one host core and copying them over would dominate a training step. Exact
-            // resume (same masks after `--resume`) therefore holds on the CPU only.
+            // On a GPU the mask is drawn there (cuRAND): drawing band-sized masks on one host core
+            // and copying them over would dominate a training step. The device generator is
+            // re-seeded from this context's RNG for every mask, so the masks still follow the
+            // run's seed: recomputation (`crate::train::recompute`) replays them, and a resumed
+            // run draws the same ones. (Not yet checked on a GPU.)
+            xs.device().set_seed(self.rng.random::<u64>())?;
             let u = Tensor::rand(0f32, 1f32, xs.shape(), xs.device())?;
             let mask = (u.lt(keep as f64)?.to_dtype(DType::F32)? * scale as f64)?.to_dtype(xs.dtype())?;
             return Ok(xs.mul(&mask)?);
