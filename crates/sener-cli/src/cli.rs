@@ -221,7 +221,8 @@ pub struct TrainArgs {
     /// Dev data, evaluated after every epoch (best model kept).
     #[arg(long)]
     pub dev: Option<PathBuf>,
-    /// Base encoder folder (Hugging Face layout, with tokenizer.json or spm.model).
+    /// Base encoder: a folder (Hugging Face layout, with tokenizer.json or spm.model) or a Hugging
+    /// Face Hub id (org/name or org/name@revision), fetched into the Hub cache when not there yet.
     #[arg(long)]
     pub base: Option<PathBuf>,
     /// Output model folder.
