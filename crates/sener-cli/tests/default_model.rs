@@ -60,8 +60,8 @@ fn default_model_extracts_from_a_long_document_with_exact_offsets() {
     std::fs::remove_dir_all(dir).ok();
 }
 
-/// Regression guard on real data: the first 20 Scholar-XL test documents gave P 62.50, R 6.33,
-/// F1 11.49 when the model was committed (all 350: P 62.05, R 7.17, F1 12.86); a model that
+/// Regression guard on real data: the first 20 Scholar-XL test documents gave P 50.63, R 16.88,
+/// F1 25.32 when the model was committed (all 350: P 55.21, R 17.36, F1 26.41); a model that
 /// loads wrongly (base, adapter, span side or decoding) falls far below these floors.
 #[test]
 fn default_model_keeps_its_quality_on_scholar_xl_test() {
@@ -75,7 +75,7 @@ fn default_model_keeps_its_quality_on_scholar_xl_test() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let (p, f1) = (r["micro"]["precision"].as_f64().unwrap(), r["micro"]["f1"].as_f64().unwrap());
-    assert!(p >= 0.45 && f1 >= 0.08, "micro P {p:.4}, F1 {f1:.4} below the committed model's (0.625, 0.115)");
+    assert!(p >= 0.40 && f1 >= 0.18, "micro P {p:.4}, F1 {f1:.4} below the committed model's (0.506, 0.253)");
     std::fs::remove_dir_all(dir).ok();
 }
 
