@@ -381,7 +381,7 @@ pub fn run_train_step(a: BenchTrainStepArgs) -> Result<()> {
         "training step (forward + backward + AdamW), {} + LoRA r8 + span side (w′ 128, c 32, 2 BiSPA, 12 types), batch 1, f32, {}, recompute {}",
         a.model,
         a.device,
-        recompute_name(a.recompute)
+        a.recompute.as_str()
     );
     println!();
     println!("| tokens | words | first step s | later step s | peak {} (MiB) |", if cuda { "GPU memory" } else { "RSS" });
@@ -390,7 +390,7 @@ pub fn run_train_step(a: BenchTrainStepArgs) -> Result<()> {
     for &t in &a.lengths {
         let mut cmd = Command::new(&exe);
         cmd.args(["bench", "train-step-one", "--length", &t.to_string(), "--steps", &a.steps.to_string()])
-            .args(["--model", &a.model, "--device", &a.device, "--recompute", recompute_name(a.recompute)]);
+            .args(["--model", &a.model, "--device", &a.device, "--recompute", a.recompute.as_str()]);
         if let Some(d) = &dir {
             cmd.arg("--minilm").arg(d);
         }
@@ -423,15 +423,6 @@ pub fn run_train_step(a: BenchTrainStepArgs) -> Result<()> {
         std::fs::write(p, serde_json::to_string_pretty(&all)?).with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
-}
-
-fn recompute_name(r: sener::train::recompute::Recompute) -> &'static str {
-    use sener::train::recompute::Recompute;
-    match r {
-        Recompute::Auto => "auto",
-        Recompute::Always => "always",
-        Recompute::Never => "never",
-    }
 }
 
 /// One segment of `length` tokens: [CLS], words of 1, 1 and 2 subwords in turn (≈ 1.33 subwords

@@ -55,6 +55,16 @@ pub enum Recompute {
 pub const AUTO_TOKENS: usize = 2048;
 
 impl Recompute {
+    /// The name used in configs and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Always => "always",
+            Self::Never => "never",
+        }
+    }
+
+    /// Whether a micro-batch of `tokens` tokens (padding included) is recomputed.
     pub fn applies(self, tokens: usize) -> bool {
         match self {
             Self::Auto => tokens >= AUTO_TOKENS,
@@ -332,7 +342,10 @@ mod tests {
         assert!(!Recompute::Auto.applies(AUTO_TOKENS - 1));
         assert!(Recompute::Auto.applies(AUTO_TOKENS));
         assert!(Recompute::Always.applies(1) && !Recompute::Never.applies(1 << 20));
-        assert_eq!("never".parse::<Recompute>(), Ok(Recompute::Never));
+        for r in [Recompute::Auto, Recompute::Always, Recompute::Never] {
+            assert_eq!(r.as_str().parse::<Recompute>(), Ok(r));
+            assert_eq!(serde_json::to_string(&r).unwrap(), format!("\"{}\"", r.as_str()));
+        }
         assert!("sometimes".parse::<Recompute>().is_err());
     }
 }
