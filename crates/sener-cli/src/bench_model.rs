@@ -17,7 +17,6 @@ use serde::{Deserialize, Serialize};
 use sener::encoder::{ArrowConfig, EncoderOptions};
 use sener::model::Batch;
 use sener::nn::ForwardCtx;
-use sener::span::pooling::WordPooling;
 use sener::span::{SpanConfig, SpanModel};
 
 use crate::bench::{bench_encoder, forward_flops, random_shape, span_flops, synthetic_segment};
@@ -351,8 +350,7 @@ pub fn run_one(a: BenchModelOneArgs) -> Result<()> {
         dev.synchronize()?;
         let te = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
-        let pooling = WordPooling::new(&batch.indexes, hidden.dim(1)?, words.max(1))?;
-        let w = pooling.forward(&hidden)?;
+        let w = batch.word_pooling()?.forward(&hidden)?;
         drop(hidden);
         let out = span.forward(&w, &batch.words, &mut ctx)?;
         dev.synchronize()?;

@@ -49,17 +49,14 @@ impl std::fmt::Display for HubId {
     }
 }
 
-/// What `--base` names: a local folder as it is, else a hub id fetched into the cache.
-/// Returns the folder and, for a hub model, `org/name@commit`.
-pub fn resolve_base(base: &Path) -> Result<(PathBuf, Option<String>)> {
-    if base.exists() {
-        return Ok((base.to_path_buf(), None));
-    }
+/// A `--base` that is not a local path: parsed as a hub id and fetched into the cache. Returns
+/// the snapshot folder and `org/name@commit`.
+pub fn fetch_base(base: &Path) -> Result<(PathBuf, String)> {
     let Some(id) = base.to_str().and_then(HubId::parse) else {
         bail!("--base {}: no such folder (and not a Hugging Face Hub id like org/name)", base.display());
     };
     let (dir, commit) = fetch(&id)?;
-    Ok((dir, Some(format!("{}@{commit}", id.repo))))
+    Ok((dir, format!("{}@{commit}", id.repo)))
 }
 
 /// Fetches the files sener needs; returns the snapshot folder and its commit.

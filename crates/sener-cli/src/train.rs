@@ -64,10 +64,10 @@ fn resolve_base(c: &mut TrainConfig) -> Result<()> {
     }
     #[cfg(feature = "hub")]
     {
-        let (dir, hub) = crate::hub::resolve_base(&c.base)?;
+        let (dir, hub) = crate::hub::fetch_base(&c.base)?;
         eprintln!("base encoder {} -> {}", c.base.display(), dir.display());
         c.base = dir;
-        c.base_hub = hub;
+        c.base_hub = Some(hub);
         Ok(())
     }
     #[cfg(not(feature = "hub"))]

@@ -95,6 +95,12 @@ impl Batch {
             words: rows.iter().map(|r| r.2).collect(),
         })
     }
+
+    /// The subword → word max-pooling plan of this batch (rows padded to its longest word count).
+    pub fn word_pooling(&self) -> Result<WordPooling> {
+        let n = self.words.iter().copied().max().unwrap_or(0).max(1);
+        WordPooling::new(&self.indexes, self.ids.dim(1)?, n)
+    }
 }
 
 /// Encoder + pooling + span side.
@@ -180,9 +186,7 @@ impl Sener {
     /// Band logits of a batch (invalid cells 0; see [`SpanModel::inference_logits`]).
     pub fn forward(&self, batch: &Batch, ctx: &mut ForwardCtx) -> Result<SpanOutput> {
         let hidden = self.encoder.forward(&batch.ids, &batch.mask, ctx)?;
-        let n = batch.words.iter().copied().max().unwrap_or(0).max(1);
-        let pooling = WordPooling::new(&batch.indexes, hidden.dim(1)?, n)?;
-        let words = pooling.forward(&hidden)?;
+        let words = batch.word_pooling()?.forward(&hidden)?;
         self.span.forward(&words, &batch.words, ctx)
     }
 }

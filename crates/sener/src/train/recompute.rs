@@ -36,7 +36,6 @@ use rand_chacha::ChaCha8Rng;
 use crate::model::{Batch, Sener};
 use crate::nn::ForwardCtx;
 use crate::span::loss::bce_loss;
-use crate::span::pooling::WordPooling;
 use crate::Result;
 
 /// When to recompute instead of keeping the whole graph.
@@ -124,9 +123,7 @@ fn staged(model: &Sener, batch: &Batch, labels: &Tensor, scale: f64, ctx: &mut F
         let y = enc.layer(i, &hs[i], &shared, ctx)?;
         hs.push(y);
     }
-    let t = batch.ids.dim(1)?;
-    let n = batch.words.iter().copied().max().unwrap_or(0).max(1);
-    let pooling = WordPooling::new(&batch.indexes, t, n)?;
+    let pooling = batch.word_pooling()?;
     let words = pooling.forward(&hs[layers])?;
     let sshared = span.begin(&words, &batch.words)?;
     let biaffine_rng = ctx.rng().clone();
