@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use sener::encoder::{presets, ArrowConfig, Encoder, EncoderKind, EncoderOptions};
 use sener::nn::ForwardCtx;
+use sener::train::trainer::Finetune;
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{BenchEncoderArgs, BenchOneArgs, BenchPositionsArgs, BenchSpanArgs, BenchSpanOneArgs, BenchTrainStepArgs, BenchTrainStepOneArgs};
@@ -378,8 +379,12 @@ pub fn run_train_step(a: BenchTrainStepArgs) -> Result<()> {
     };
     let cuda = a.device.starts_with("cuda");
     println!(
-        "training step (forward + backward + AdamW), {} + LoRA r8 + span side (w′ 128, c 32, 2 BiSPA, 12 types), batch 1, f32, {}, recompute {}",
+        "training step (forward + backward + AdamW), {} + {} + span side (w′ 128, c 32, 2 BiSPA, 12 types), batch 1, f32, {}, recompute {}",
         a.model,
+        match a.finetune {
+            Finetune::Lora => "LoRA r8",
+            Finetune::Full => "full fine-tuning",
+        },
         a.device,
         a.recompute.as_str()
     );
@@ -390,7 +395,7 @@ pub fn run_train_step(a: BenchTrainStepArgs) -> Result<()> {
     for &t in &a.lengths {
         let mut cmd = Command::new(&exe);
         cmd.args(["bench", "train-step-one", "--length", &t.to_string(), "--steps", &a.steps.to_string()])
-            .args(["--model", &a.model, "--device", &a.device, "--recompute", a.recompute.as_str()]);
+            .args(["--model", &a.model, "--device", &a.device, "--recompute", a.recompute.as_str(), "--finetune", a.finetune.as_str()]);
         if let Some(d) = &dir {
             cmd.arg("--minilm").arg(d);
         }
@@ -460,20 +465,27 @@ pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
     // The model and optimiser `sener train` builds, with the paper's defaults.
     let recipe = TrainConfig::default();
     let opts = EncoderOptions { arrow: recipe.arrow.clone(), dtype: DType::F32, device: dev.clone() };
-    let mut encoder = bench_encoder(&a.model, &a.minilm, &opts)?;
     let dir = match a.model.as_str() {
         "minilm" => minilm_dir(&a.minilm).context("--minilm or $SENER_MINILM_DIR")?,
         m => PathBuf::from(format!("random:{m}")),
     };
-    encoder.add_lora(&recipe.lora, 0)?;
+    let encoder = match a.finetune {
+        Finetune::Lora => {
+            let mut e = bench_encoder(&a.model, &a.minilm, &opts)?;
+            e.add_lora(&recipe.lora, 0)?;
+            e
+        }
+        Finetune::Full if a.model == "minilm" => Encoder::load_trainable(&dir, &opts)?,
+        Finetune::Full => Encoder::random_trainable(random_shape(&a.model)?, &opts, 0)?,
+    };
     let labels = 12;
     let span = SpanModel::init(SpanConfig::default(), encoder.hidden_size(), labels, 0, DType::F32, &dev)?;
     let config = SenerConfig {
-        base: BaseEncoder { path: dir.clone(), sha256: None, hub: None },
+        base: BaseEncoder { path: dir.clone(), sha256: None, hub: None, finetuned_from: None },
         labels: (0..labels).map(|i| format!("type{i}")).collect(),
         arrow: recipe.arrow.clone(),
         span: recipe.span.clone(),
-        lora: Some(recipe.lora.clone()),
+        lora: (a.finetune == Finetune::Lora).then(|| recipe.lora.clone()),
         max_len: a.length,
     };
     let model = Sener { config, encoder, span };
@@ -496,7 +508,7 @@ pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
         times.push(t0.elapsed().as_secs_f64());
     }
     let later = if times.len() > 1 { times[1..].iter().sum::<f64>() / (times.len() - 1) as f64 } else { times[0] };
-    let v = serde_json::json!({"tokens": a.length, "words": words, "recompute": recompute, "first_step_seconds": times[0], "step_seconds": later,
+    let v = serde_json::json!({"tokens": a.length, "words": words, "recompute": recompute, "finetune": a.finetune.as_str(), "first_step_seconds": times[0], "step_seconds": later,
         "peak_rss": sener::mem::peak_rss().unwrap_or(0)});
     println!("{v}");
     Ok(())

@@ -111,6 +111,10 @@ pub struct EvalArgs {
     /// Span window used to count unreachable gold entities (default: the model's, else 128).
     #[arg(long)]
     pub span_window: Option<usize>,
+    /// Segment length in subword tokens for --model (default: the model's `max_len`). Longer
+    /// segments than the encoder's learned positions reuse them (see the README).
+    #[arg(long)]
+    pub max_len: Option<usize>,
     /// Write the full result as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -269,6 +273,11 @@ pub struct TrainArgs {
     /// step's memory several-fold.
     #[arg(long)]
     pub recompute: Option<sener::train::recompute::Recompute>,
+    /// What of the encoder to train: lora (adapters on Q and V and their biases, the paper's
+    /// recipe) or full (every encoder weight at --lr-encoder; the model then carries its own
+    /// encoder folder).
+    #[arg(long)]
+    pub finetune: Option<sener::train::trainer::Finetune>,
     /// Labels in logit order (default: sorted labels of the training data).
     #[arg(long, value_delimiter = ',')]
     pub labels: Option<Vec<String>>,
@@ -532,6 +541,9 @@ pub struct BenchTrainStepArgs {
     /// Recompute activations in the backward pass: auto, always or never (see `sener train`).
     #[arg(long, default_value = "auto")]
     pub recompute: sener::train::recompute::Recompute,
+    /// What of the encoder trains: lora (the paper's recipe) or full (see `sener train`).
+    #[arg(long, default_value = "lora")]
+    pub finetune: sener::train::trainer::Finetune,
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
@@ -550,6 +562,8 @@ pub struct BenchTrainStepOneArgs {
     pub steps: usize,
     #[arg(long, default_value = "auto")]
     pub recompute: sener::train::recompute::Recompute,
+    #[arg(long, default_value = "lora")]
+    pub finetune: sener::train::trainer::Finetune,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -108,14 +108,13 @@ pub fn score(a: ScoreArgs) -> Result<()> {
 }
 
 /// Decoded word spans `(start, end_inclusive, label)` of every document of `docs`.
-fn predict(model: &Sener, model_dir: &Path, docs: &[sener_data::Document]) -> Result<Vec<Vec<(usize, usize, String)>>> {
+fn predict(model: &Sener, model_dir: &Path, docs: &[sener_data::Document], cfg: &SegmentConfig) -> Result<Vec<Vec<(usize, usize, String)>>> {
     let mut tok = word_tokenizer(&model.config.base_dir(model_dir))?;
     let special = *tok.special();
-    let cfg = SegmentConfig::new(model.config.max_len);
     let mut out = Vec::with_capacity(docs.len());
     for doc in docs {
         let al = align(doc, &mut tok).with_context(|| format!("tokenizing document {}", doc.id))?;
-        let seg = segment(doc, &al, &[], &special, &cfg)?;
+        let seg = segment(doc, &al, &[], &special, cfg)?;
         let mut per_segment = Vec::new();
         for s in &seg.segments {
             per_segment.push((s.word_offset, model.predict_segment(s, special.pad, &DecodeOptions::default())?.1));
@@ -159,9 +158,14 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             let dev = crate::cli::parse_device(&a.device)?;
             let model = Sener::load(m, &dev).with_context(|| format!("loading model {}", m.display()))?;
             let w = model.span.config.window;
-            (predict(&model, m, &docs)?, a.span_window.unwrap_or(w))
+            let cfg = SegmentConfig::new(a.max_len.unwrap_or(model.config.max_len));
+            cfg.validate().context("--max-len")?;
+            (predict(&model, m, &docs, &cfg)?, a.span_window.unwrap_or(w))
         }
         (None, Some(p)) => {
+            if a.max_len.is_some() {
+                bail!("--max-len applies to --model (predictions from --pred are already segmented)");
+            }
             let mut by_id = read_predictions(p)?;
             let preds = docs.iter().map(|d| by_id.remove(&d.id).unwrap_or_default()).collect();
             if !by_id.is_empty() {

@@ -50,6 +50,9 @@ pub fn config_from(a: &TrainArgs) -> Result<TrainConfig> {
     if let Some(r) = a.recompute {
         c.recompute = r;
     }
+    if let Some(f) = a.finetune {
+        c.finetune = f;
+    }
     if c.train.as_os_str().is_empty() || c.base.as_os_str().is_empty() {
         bail!("--train and --base are required (flags or the --config file)");
     }

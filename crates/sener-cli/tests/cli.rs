@@ -436,3 +436,38 @@ fn train_prior_bias_starts_near_the_label_prior() {
     assert!(prior < official / 3.0, "first-step loss with the prior {prior} vs official init {official}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--finetune full` from the command line: the effective config records it, training with
+/// recomputation works, the model carries its own encoder and `extract` runs on it; a bad value is
+/// refused with a clear message.
+#[test]
+fn train_full_finetuning_from_flags() {
+    let dir = std::env::temp_dir().join(format!("sener-full-{}", std::process::id()));
+    let base = tiny_deberta_base(&dir);
+    let mut lines = String::new();
+    for d in 0..4 {
+        let words: Vec<String> = (0..20).map(|i| format!("\"w{}\"", 4 + (d * 7 + i * 3) % 60)).collect();
+        lines.push_str(&format!("{{\"doc_id\": \"d{d}\", \"text\": [{}], \"entity\": [[1, 3, [{}], \"x\"]]}}\n", words.join(", "), words[1..3].join(", ")));
+    }
+    std::fs::write(dir.join("train.jsonl"), &lines).unwrap();
+    let (train, base_s, out) =
+        (dir.join("train.jsonl").display().to_string(), base.display().to_string(), dir.join("model").display().to_string());
+    let common = ["--batch-size", "2", "--micro-batch", "2", "--span-window", "4", "--cnn-depth", "1", "--max-steps", "2"];
+    let mut args = vec!["train", "--train", &train, "--base", &base_s, "--output", &out, "--finetune", "full", "--recompute", "always"];
+    args.extend(common);
+    let o = sener(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("model.train.json")).unwrap()).unwrap();
+    assert_eq!(saved["finetune"], "full");
+    assert!(dir.join("model/encoder/model.safetensors").is_file() && !dir.join("model/adapter").exists());
+    std::fs::write(dir.join("doc.txt"), "w4 w7 w10 w13 w16 w19").unwrap();
+    let o = sener(&["extract", "--model", &out, dir.join("doc.txt").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let mut bad = vec!["train", "--train", &train, "--base", &base_s, "--output", &out, "--finetune", "half"];
+    bad.extend(common);
+    let o = sener(&bad);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("finetune must be lora or full"), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::remove_dir_all(&dir).ok();
+}

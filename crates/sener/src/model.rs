@@ -36,6 +36,10 @@ pub struct BaseEncoder {
     /// where to find it again in the Hub cache ([`hub_cache_dir`]) when `path` is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hub: Option<String>,
+    /// The encoder this one was fully fine-tuned from (then `path` is the model's own `encoder/`
+    /// folder); provenance only, never loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetuned_from: Option<Box<BaseEncoder>>,
 }
 
 /// Everything needed to rebuild a model (saved as `sener.json`). Defaults are the paper's.
@@ -147,17 +151,33 @@ impl Sener {
         Ok(Self { config, encoder, span })
     }
 
-    /// Writes `sener.json`, `span.safetensors` and (when adapted) `adapter/`.
+    /// Writes `sener.json`, `span.safetensors` and (when adapted) `adapter/`. A fully fine-tuned
+    /// encoder ([`Encoder::load_trainable`]) is written as the Hugging Face folder `encoder/`
+    /// (its config and tokenizer copied from the base), which `sener.json` then names as the
+    /// base, with its own sha256; the original base is kept as `base.finetuned_from`.
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut config = self.config.clone();
+        if self.encoder.is_fully_trainable() {
+            let weights = self.encoder.save_full(&dir.join("encoder"), &self.config.base_dir(dir))?;
+            let mut origin = self.config.base.clone();
+            origin.finetuned_from = None;
+            config.base = BaseEncoder {
+                path: PathBuf::from("encoder"),
+                sha256: Some(sha256_file(&weights)?),
+                hub: None,
+                finetuned_from: Some(Box::new(origin)),
+            };
+            config.lora = None;
+        }
         let cfg = dir.join("sener.json");
-        let json = serde_json::to_string_pretty(&self.config).map_err(|e| Error::Json { path: cfg.clone(), message: e.to_string() })?;
+        let json = serde_json::to_string_pretty(&config).map_err(|e| Error::Json { path: cfg.clone(), message: e.to_string() })?;
         std::fs::write(&cfg, json).map_err(|e| Error::io(&cfg, e))?;
         let tensors: HashMap<String, Tensor> =
             self.span.params().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
         let file = dir.join("span.safetensors");
         candle_core::safetensors::save(&tensors, &file).map_err(|e| Error::model(&file, e.to_string()))?;
-        if let Some(l) = &self.config.lora {
+        if let Some(l) = &config.lora {
             if !self.encoder.trainable().is_empty() {
                 self.encoder.save_adapter(&dir.join("adapter"), l)?;
             }

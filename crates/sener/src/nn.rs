@@ -89,6 +89,18 @@ impl ForwardCtx {
         }
     }
 
+    /// A weight that is trainable only in some runs (the encoder's weights under full
+    /// fine-tuning are [`candle_core::Var`]s held as plain tensors): as it is when this pass
+    /// records a graph, detached otherwise, so inference and the untracked first pass of
+    /// recomputation keep nothing alive. Free for a frozen tensor (detaching it is a clone).
+    pub fn weight(&self, w: &Tensor) -> Tensor {
+        if self.grad && self.track {
+            w.clone()
+        } else {
+            w.detach()
+        }
+    }
+
     /// A fresh seed from the context's RNG (for ops that generate their own dropout masks).
     pub fn next_seed(&mut self) -> u64 {
         self.rng.random()
@@ -237,11 +249,12 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, xs: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        if ctx.grad && xs.dtype() == DType::F32 && xs.device().is_cpu() && self.weight.dtype() == DType::F32 {
+        let (weight, bias) = (ctx.weight(&self.weight), ctx.weight(&self.bias));
+        if ctx.grad && xs.dtype() == DType::F32 && xs.device().is_cpu() && weight.dtype() == DType::F32 {
             // One op with its own backward: keeps x only (the composite keeps six tensors of x's size).
             let c = xs.dim(D::Minus1)?;
             let x2 = xs.contiguous()?.reshape(((), c))?;
-            let y = x2.apply_op3(&self.weight.contiguous()?, &self.bias.contiguous()?, LayerNormOp { eps: self.eps })?;
+            let y = x2.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNormOp { eps: self.eps })?;
             return Ok(y.reshape(xs.shape())?);
         }
         if ctx.grad || !matches!(xs.dtype(), DType::F32 | DType::F16 | DType::BF16) {
@@ -250,9 +263,9 @@ impl LayerNorm {
             let xc = xs.broadcast_sub(&mean)?;
             let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
             let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-            Ok(xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+            Ok(xn.broadcast_mul(&weight)?.broadcast_add(&bias)?)
         } else {
-            Ok(candle_nn::ops::layer_norm(xs, &self.weight, &self.bias, self.eps as f32)?)
+            Ok(candle_nn::ops::layer_norm(xs, &weight, &bias, self.eps as f32)?)
         }
     }
 }
@@ -367,7 +380,8 @@ impl candle_core::CustomOp3 for LayerNormOp {
     }
 }
 
-/// A frozen linear layer `y = x Wᵀ + b` (weights as plain tensors: no gradient is ever allocated).
+/// A linear layer `y = x Wᵀ + b` of the encoder: frozen plain tensors, or (full fine-tuning)
+/// variables held as tensors, used through [`ForwardCtx::weight`].
 #[derive(Clone, Debug)]
 pub struct Linear {
     inner: candle_nn::Linear,
@@ -388,8 +402,10 @@ impl Linear {
     pub fn bias(&self) -> Option<&Tensor> {
         self.inner.bias()
     }
-    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        Ok(self.inner.forward(xs)?)
+    pub fn forward(&self, xs: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let w = ctx.weight(self.inner.weight());
+        let b = self.inner.bias().map(|b| ctx.weight(b));
+        Ok(candle_nn::Linear::new(w, b).forward(xs)?)
     }
 }
 

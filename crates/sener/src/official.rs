@@ -182,7 +182,7 @@ pub fn import(checkpoint: &Path, base: &Path, out: &Path, opts: &ImportOptions) 
     let sfile = out.join("span.safetensors");
     candle_core::safetensors::save(&span, &sfile).map_err(|e| Error::model(&sfile, e.to_string()))?;
     let config = SenerConfig {
-        base: BaseEncoder { path: PathBuf::from("encoder"), sha256: Some(crate::model::sha256_file(&wfile)?), hub: None },
+        base: BaseEncoder { path: PathBuf::from("encoder"), sha256: Some(crate::model::sha256_file(&wfile)?), hub: None, finetuned_from: None },
         labels: opts.labels.clone(),
         arrow: opts.arrow.clone(),
         span: opts.span.clone(),

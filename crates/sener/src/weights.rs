@@ -124,3 +124,48 @@ impl candle_nn::var_builder::SimpleBackend for RandomInit {
         true
     }
 }
+
+/// A `VarBuilder` backend that makes every tensor it serves trainable (full fine-tuning): each
+/// tensor read from `inner` becomes a [`candle_core::Var`], recorded under its full checkpoint
+/// name (the one in the weight file), and the modules hold it as a plain tensor. A name asked for
+/// twice gets the same variable, so a shared weight stays one parameter.
+pub struct Trainable {
+    pub inner: VarBuilder<'static>,
+    pub vars: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, candle_core::Var>>>,
+}
+
+impl Trainable {
+    fn record(&self, name: &str, t: candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        let mut vars = self.vars.lock().map_err(|_| candle_core::Error::Msg("weight recorder poisoned".into()))?;
+        if let Some(v) = vars.get(name) {
+            return Ok(v.as_tensor().clone());
+        }
+        let v = candle_core::Var::from_tensor(&t)?;
+        let out = v.as_tensor().clone();
+        vars.insert(name.to_string(), v);
+        Ok(out)
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for Trainable {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        h: candle_nn::Init,
+        dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        let t = self.inner.get_with_hints_dtype(s, name, h, dtype)?;
+        self.record(name, t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, _dev: &Device) -> candle_core::Result<candle_core::Tensor> {
+        let t = self.inner.get_unchecked_dtype(name, dtype)?;
+        self.record(name, t)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.inner.contains_tensor(name)
+    }
+}

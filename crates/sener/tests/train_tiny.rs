@@ -91,3 +91,82 @@ fn tiny_training_run_learns_and_saves() {
     assert!(cfg.output.join("adapter/adapter_model.safetensors").is_file());
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// Full fine-tuning (`finetune = "full"`): every encoder weight trains, the model folder carries
+/// its own Hugging Face encoder (`encoder/`: weights under their original names, config and
+/// tokenizer copied) instead of a LoRA adapter, and it loads back with exactly the trained weights.
+#[test]
+fn full_finetuning_trains_every_weight_and_saves_the_encoder() {
+    use sener::train::trainer::Finetune;
+    let dir = std::env::temp_dir().join(format!("sener-train-full-{}", std::process::id()));
+    let base = dir.join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("deberta_v3_tiny").join(f), base.join(f)).unwrap();
+    }
+    std::fs::copy(fixture("deberta_v3_tiny_tok/tokenizer.json"), base.join("tokenizer.json")).unwrap();
+    std::fs::write(dir.join("train.jsonl"), synthetic(12, 1)).unwrap();
+    let cfg = TrainConfig {
+        train: dir.join("train.jsonl"),
+        dev: None,
+        base: base.clone(),
+        output: dir.join("model"),
+        span: SpanConfig { window: 4, biaffine_size: 16, cnn_dim: 8, cnn_depth: 1, ..SpanConfig::default() },
+        finetune: Finetune::Full,
+        lr_new: 1e-2,
+        lr_encoder: 1e-3,
+        batch_size: 4,
+        micro_batch: 2,
+        epochs: 6,
+        warmup: 0.05,
+        wwm: 0.0,
+        ..TrainConfig::default()
+    };
+    let mut log = Vec::new();
+    let report = train(&cfg, &Device::Cpu, &mut log).unwrap();
+    let losses: Vec<f64> = String::from_utf8(log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["event"] == "step")
+        .map(|l| l["loss"].as_f64().unwrap())
+        .collect();
+    assert_eq!(report.steps, 18);
+    let first: f64 = losses[..3].iter().sum::<f64>() / 3.0;
+    let last: f64 = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(last < 0.2 * first, "loss {first} → {last}");
+
+    let out = &cfg.output;
+    assert!(!out.join("adapter").exists(), "no adapter under full fine-tuning");
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        assert!(out.join("encoder").join(f).is_file(), "encoder/{f} missing");
+    }
+    let model = sener::model::Sener::load(out, &Device::Cpu).unwrap();
+    assert_eq!(model.config.base.path, PathBuf::from("encoder"));
+    assert!(model.config.lora.is_none());
+    let origin = model.config.base.finetuned_from.as_ref().expect("provenance of the fine-tuned encoder");
+    assert_eq!(origin.path, std::fs::canonicalize(&base).unwrap());
+
+    // The saved encoder holds exactly the trained tensors (the resume checkpoint's, written after
+    // the last epoch), under the base file's names, and they moved away from the base.
+    let trained = candle_core::safetensors::load(dir.join("model.resume/params.safetensors"), &Device::Cpu).unwrap();
+    let saved = candle_core::safetensors::load(out.join("encoder/model.safetensors"), &Device::Cpu).unwrap();
+    let original = candle_core::safetensors::load(base.join("model.safetensors"), &Device::Cpu).unwrap();
+    let max_diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    };
+    let mut moved = 0;
+    for (name, t) in &saved {
+        let key = format!("encoder.{name}");
+        let tr = trained.get(&key).unwrap_or_else(|| panic!("{key} not in the trained tensors"));
+        assert_eq!(max_diff(t, tr), 0.0, "{name}: saved differs from trained");
+        let base_t = original.get(name).unwrap_or_else(|| panic!("{name} is not a name of the base file"));
+        if max_diff(t, base_t) > 1e-4 {
+            moved += 1;
+        }
+    }
+    let encoder_trained = trained.keys().filter(|k| k.starts_with("encoder.")).count();
+    assert_eq!(saved.len(), encoder_trained, "every trained encoder tensor is saved");
+    assert!(moved * 10 >= saved.len() * 9, "only {moved} of {} encoder tensors changed", saved.len());
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -86,6 +86,8 @@ pub struct BertModel {
     norm: LayerNorm,
     layers: Vec<Layer>,
     pub arrow: ArrowConfig,
+    /// Full fine-tuning: every weight as a variable, by checkpoint name (empty: frozen encoder).
+    pub(crate) full: Vec<(String, Var)>,
 }
 
 impl BertModel {
@@ -120,6 +122,7 @@ impl BertModel {
             layers,
             arrow,
             config,
+            full: Vec::new(),
         })
     }
 
@@ -139,9 +142,9 @@ impl BertModel {
         let c = &self.config;
         let scale = 1.0 / ((c.hidden_size / c.num_attention_heads) as f64).sqrt();
         let pos = Tensor::from_vec(extended_position_ids(t, self.position.dim(0)?), t, ids.device())?;
-        let mut x = embed(&self.word, ids)?.broadcast_add(&self.position.index_select(&pos, 0)?)?;
+        let mut x = embed(&ctx.weight(&self.word), ids)?.broadcast_add(&ctx.weight(&self.position).index_select(&pos, 0)?)?;
         if let Some(tt) = &self.token_type {
-            x = x.broadcast_add(&tt.narrow(0, 0, 1)?)?;
+            x = x.broadcast_add(&ctx.weight(tt).narrow(0, 0, 1)?)?;
         }
         let x0 = self.norm.forward(&x, ctx)?;
         let x = ctx.dropout(&x0, c.hidden_dropout_prob)?;
@@ -154,7 +157,7 @@ impl BertModel {
         let heads = c.num_attention_heads;
         let l = self.layers.get(i).ok_or_else(|| Error::Input(format!("no layer {i}")))?;
         let q = split_heads(&l.query.forward(x, ctx)?, heads)?;
-        let k = split_heads(&l.key.forward(x)?, heads)?;
+        let k = split_heads(&l.key.forward(x, ctx)?, heads)?;
         let v = split_heads(&l.value.forward(x, ctx)?, heads)?;
         let a = arrow_attention(&q, &k, &v, &shared.mask, None, shared.scale, c.attention_probs_dropout_prob, ctx)?;
         l.tail.forward(&merge_heads(&a)?, x, ctx)
@@ -184,6 +187,6 @@ impl BertModel {
     }
 
     pub fn trainable(&self) -> Vec<(String, Var)> {
-        self.lora_layers().flat_map(|l| l.trainable()).collect()
+        self.lora_layers().flat_map(|l| l.trainable()).chain(self.full.iter().cloned()).collect()
     }
 }

@@ -26,7 +26,8 @@ impl ResidualDense {
     }
 
     pub fn forward(&self, h: &Tensor, residual: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let y = ctx.dropout(&self.dense.forward(h)?, self.dropout)?;
+        let y = self.dense.forward(h, ctx)?;
+        let y = ctx.dropout(&y, self.dropout)?;
         self.norm.forward(&(y + residual)?, ctx)
     }
 }
@@ -54,7 +55,7 @@ impl LayerTail {
     /// `attn`: the merged heads of the self-attention, `x`: the layer input.
     pub fn forward(&self, attn: &Tensor, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let a = self.attention_output.forward(attn, x, ctx)?;
-        let i = self.activation.forward(&self.intermediate.forward(&a)?)?;
+        let i = self.activation.forward(&self.intermediate.forward(&a, ctx)?)?;
         self.output.forward(&i, &a, ctx)
     }
 }

@@ -165,16 +165,16 @@ impl Embeddings {
 
     fn forward(&self, ids: &Tensor, mask: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
-        let mut x = embed(&self.word, ids)?;
+        let mut x = embed(&ctx.weight(&self.word), ids)?;
         if let Some(pos) = &self.position {
             let p = Tensor::from_vec(extended_position_ids(t, pos.dim(0)?), t, ids.device())?;
-            x = x.broadcast_add(&pos.index_select(&p, 0)?)?;
+            x = x.broadcast_add(&ctx.weight(pos).index_select(&p, 0)?)?;
         }
         if let Some(tt) = &self.token_type {
-            x = x.broadcast_add(&tt.narrow(0, 0, 1)?)?;
+            x = x.broadcast_add(&ctx.weight(tt).narrow(0, 0, 1)?)?;
         }
         if let Some(proj) = &self.embed_proj {
-            x = proj.forward(&x)?;
+            x = proj.forward(&x, ctx)?;
         }
         let x = self.norm.forward(&x, ctx)?;
         let x = x.broadcast_mul(&mask.to_dtype(x.dtype())?.unsqueeze(2)?)?;
@@ -204,6 +204,8 @@ pub struct DebertaV2Model {
     rel_norm: Option<LayerNorm>,
     rel_index: RelativeIndex,
     pub arrow: ArrowConfig,
+    /// Full fine-tuning: every weight as a variable, by checkpoint name (empty: frozen encoder).
+    pub(crate) full: Vec<(String, Var)>,
 }
 
 impl DebertaV2Model {
@@ -256,6 +258,7 @@ impl DebertaV2Model {
             rel_index,
             arrow,
             config,
+            full: Vec::new(),
         })
     }
 
@@ -276,8 +279,8 @@ impl DebertaV2Model {
         let c = &self.config;
         let scale = 1.0 / ((c.head_dim() * c.scale_factor()) as f64).sqrt();
         let rel = match (&self.rel_embeddings, &self.rel_norm) {
-            (Some(r), Some(n)) => Some(n.forward(r, ctx)?),
-            (Some(r), None) => Some(r.clone()),
+            (Some(r), Some(n)) => Some(n.forward(&ctx.weight(r), ctx)?),
+            (Some(r), None) => Some(ctx.weight(r)),
             _ => None,
         };
         let x = self.embeddings.forward(ids, mask, ctx)?;
@@ -291,7 +294,7 @@ impl DebertaV2Model {
         let layer = self.layers.get(i).ok_or_else(|| Error::Input(format!("no layer {i}")))?;
         let a = &layer.attn;
         let q = split_heads(&a.query.forward(x, ctx)?, heads)?;
-        let k = split_heads(&a.key.forward(x)?, heads)?;
+        let k = split_heads(&a.key.forward(x, ctx)?, heads)?;
         let v = split_heads(&a.value.forward(x, ctx)?, heads)?;
         let terms = match &shared.rel {
             Some(r) => {
@@ -302,15 +305,15 @@ impl DebertaV2Model {
                 };
                 let pos_key = if c.c2p() {
                     Some(by_head(match &a.pos_key {
-                        Some(pk) => pk.forward(&r)?,
-                        None => a.key.forward(&r)?,
+                        Some(pk) => pk.forward(&r, ctx)?,
+                        None => a.key.forward(&r, ctx)?,
                     })?)
                 } else {
                     None
                 };
                 let pos_query = if c.p2c() {
                     Some(by_head(match &a.pos_query {
-                        Some(pq) => pq.forward(&r)?,
+                        Some(pq) => pq.forward(&r, ctx)?,
                         None => a.query.forward(&r, ctx)?,
                     })?)
                 } else {
@@ -348,6 +351,6 @@ impl DebertaV2Model {
     }
 
     pub fn trainable(&self) -> Vec<(String, Var)> {
-        self.lora_layers().flat_map(|l| l.trainable()).collect()
+        self.lora_layers().flat_map(|l| l.trainable()).chain(self.full.iter().cloned()).collect()
     }
 }

@@ -142,9 +142,9 @@ impl LoraLinear {
     }
 
     pub fn forward(&self, xs: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let mut y = linear(xs, &self.weight)?;
+        let mut y = linear(xs, &ctx.weight(&self.weight))?;
         match &self.bias {
-            Some(Bias::Frozen(b)) => y = y.broadcast_add(b)?,
+            Some(Bias::Frozen(b)) => y = y.broadcast_add(&ctx.weight(b))?,
             Some(Bias::Trainable(b)) => y = y.broadcast_add(&ctx.param(b))?,
             None => {}
         }

@@ -83,6 +83,87 @@ impl Encoder {
         Self::from_config(config, vb, Path::new("<random>"), opts)
     }
 
+    /// [`Self::load`] for full fine-tuning: every weight of the encoder is trainable (listed by
+    /// [`Self::trainable`] under its name in the weight file). Use it without LoRA.
+    pub fn load_trainable(dir: &Path, opts: &EncoderOptions) -> Result<Self> {
+        let (_, raw): (serde_json::Value, _) = read_config(dir)?;
+        let files = WeightFiles::find(dir)?;
+        let wpath = files.display_path();
+        let vb = files.var_builder(opts.dtype, &opts.device)?;
+        Self::trainable_from_config(raw, vb, &dir.join("config.json"), opts).map_err(|e| match e {
+            Error::Candle(c) => Error::Weight { path: wpath.clone(), name: String::new(), message: c.to_string() },
+            other => other,
+        })
+    }
+
+    /// [`Self::random`], every weight trainable (tests of full fine-tuning).
+    pub fn random_trainable(config: serde_json::Value, opts: &EncoderOptions, seed: u64) -> Result<Self> {
+        let vb = candle_nn::VarBuilder::from_backend(
+            Box::new(crate::weights::RandomInit { seed }),
+            opts.dtype,
+            opts.device.clone(),
+        );
+        Self::trainable_from_config(config, vb, Path::new("<random>"), opts)
+    }
+
+    fn trainable_from_config(
+        raw: serde_json::Value,
+        inner: candle_nn::VarBuilder<'static>,
+        cfg_path: &Path,
+        opts: &EncoderOptions,
+    ) -> Result<Self> {
+        let vars = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+        let backend = crate::weights::Trainable { inner, vars: vars.clone() };
+        let vb = candle_nn::VarBuilder::from_backend(Box::new(backend), opts.dtype, opts.device.clone());
+        let mut enc = Self::from_config(raw, vb, cfg_path, opts)?;
+        let full: Vec<(String, Var)> = match vars.lock() {
+            Ok(v) => v.iter().map(|(n, v)| (n.clone(), v.clone())).collect(),
+            Err(_) => return Err(Error::Input("weight recorder poisoned".into())),
+        };
+        match &mut enc {
+            Self::Deberta(m) => m.full = full,
+            Self::Bert(m) => m.full = full,
+        }
+        Ok(enc)
+    }
+
+    /// Whether every weight is trainable ([`Self::load_trainable`]).
+    pub fn is_fully_trainable(&self) -> bool {
+        match self {
+            Self::Deberta(m) => !m.full.is_empty(),
+            Self::Bert(m) => !m.full.is_empty(),
+        }
+    }
+
+    /// Writes a fully trainable encoder as a Hugging Face folder `dir`: `model.safetensors` with
+    /// every weight under its original name, plus every other top-level file of `base` (config,
+    /// tokenizer) copied as it is. Returns the weight file.
+    pub fn save_full(&self, dir: &Path, base: &Path) -> Result<PathBuf> {
+        let full = match self {
+            Self::Deberta(m) => &m.full,
+            Self::Bert(m) => &m.full,
+        };
+        if full.is_empty() {
+            return Err(Error::Input("save_full: the encoder is not fully trainable".into()));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let entries = std::fs::read_dir(base).map_err(|e| Error::io(base, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(base, e))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !path.is_file() || is_weight_file(&name) {
+                continue;
+            }
+            std::fs::copy(&path, dir.join(&name)).map_err(|e| Error::io(&path, e))?;
+        }
+        let tensors: HashMap<String, Tensor> = full.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+        let file = dir.join("model.safetensors");
+        candle_core::safetensors::save(&tensors, &file)
+            .map_err(|e| Error::Weight { path: file.clone(), name: String::new(), message: e.to_string() })?;
+        Ok(file)
+    }
+
     /// Builds the family named by `model_type` from a parsed `config.json` and a weight source.
     pub fn from_config(
         raw: serde_json::Value,
@@ -211,13 +292,6 @@ impl Encoder {
         Ok(())
     }
 
-    fn lora_layers(&self) -> Box<dyn Iterator<Item = &lora::LoraLinear> + '_> {
-        match self {
-            Self::Deberta(m) => Box::new(m.lora_layers()),
-            Self::Bert(m) => Box::new(m.lora_layers()),
-        }
-    }
-
     fn lora_layers_mut(&mut self) -> Box<dyn Iterator<Item = &mut lora::LoraLinear> + '_> {
         match self {
             Self::Deberta(m) => Box::new(m.lora_layers_mut()),
@@ -234,10 +308,13 @@ impl Encoder {
         Ok(())
     }
 
-    /// The trainable tensors (LoRA A/B and adapted biases) with their checkpoint names. Everything
-    /// else in the encoder is a frozen plain tensor.
+    /// The trainable tensors with their checkpoint names: LoRA A/B and adapted biases, and under
+    /// full fine-tuning ([`Self::load_trainable`]) every weight. Everything else is frozen.
     pub fn trainable(&self) -> Vec<(String, Var)> {
-        self.lora_layers().flat_map(|l| l.trainable()).collect()
+        match self {
+            Self::Deberta(m) => m.trainable(),
+            Self::Bert(m) => m.trainable(),
+        }
     }
 
     /// Fold the adapters into the weights (inference fast path).
@@ -335,6 +412,14 @@ impl Encoder {
             Self::Bert(m) => m.device(),
         }
     }
+}
+
+/// Weight files of a Hugging Face folder (not copied when a fine-tuned encoder is saved).
+fn is_weight_file(name: &str) -> bool {
+    let weights = [".safetensors", ".bin", ".h5", ".msgpack", ".onnx", ".ot", ".pt", ".pth", ".ckpt", ".gguf"];
+    name == "model.safetensors.index.json"
+        || name == "pytorch_model.bin.index.json"
+        || weights.iter().any(|ext| name.ends_with(ext))
 }
 
 /// `config.json` values of published encoder shapes, for random models in benchmarks.

@@ -11,7 +11,8 @@
 //!
 //! Stages, in forward order: each encoder layer; word pooling; the biaffine band; each half of
 //! each BiSPA block (attention, convolutions); the head with the loss. (Embeddings and the
-//! relative-position table hold nothing trainable and are computed once.)
+//! relative-position table hold nothing trainable under LoRA and are computed once; under full
+//! fine-tuning they are run once more with the graph on, before the layers are walked back.)
 //!
 //! 1. Forward through every stage with the graph off ([`ForwardCtx::track`] false: the same ops
 //!    and dropout masks, parameters detached), keeping each stage's input (a `[B, T, hidden]` or
@@ -113,7 +114,12 @@ pub fn loss_and_grads(model: &Sener, batch: &Batch, labels: &Tensor, scale: f64,
 
 fn staged(model: &Sener, batch: &Batch, labels: &Tensor, scale: f64, ctx: &mut ForwardCtx, trainable: &[(String, Var)]) -> Result<StepGrads> {
     let (enc, span) = (&model.encoder, &model.span);
+    // Under full fine-tuning the embeddings and (DeBERTa) the relative-position table are
+    // trainable too: `begin` is then run again with the graph on before the layers are walked
+    // back (see below).
+    let full = enc.is_fully_trainable();
     // ---- 1. forward, graph off: stage inputs and RNG states ----
+    let begin_rng = ctx.rng().clone();
     let (x0, shared) = enc.begin(&batch.ids, &batch.mask, ctx)?;
     let layers = enc.num_layers();
     let mut hs = vec![x0];
@@ -167,17 +173,31 @@ fn staged(model: &Sener, batch: &Batch, labels: &Tensor, scale: f64, ctx: &mut F
     let g_words = stage_backward(&words, &g_s, ctx, trainable, &mut grads, |w, ctx| span.biaffine(w, &sshared, ctx))?;
     drop(g_s);
     let mut g_h = stage_backward(&hs[layers], &g_words, ctx, trainable, &mut grads, |h, _| pooling.forward(h))?;
+    // Full fine-tuning: embeddings and the shared relative-position table with the graph on (the
+    // same dropout masks as pass 1). Every layer's backward then also reaches the table's
+    // weights through `shared`, and the embeddings get the gradient at the first layer's input.
+    let tracked_begin = if full {
+        ctx.set_rng(begin_rng);
+        Some(enc.begin(&batch.ids, &batch.mask, ctx)?)
+    } else {
+        None
+    };
+    let shared = tracked_begin.as_ref().map(|(_, s)| s).unwrap_or(&shared);
     for i in (0..layers).rev() {
         ctx.set_rng(layer_rng[i].clone());
         hs.truncate(i + 1); // layer i's output is no longer needed; its input is hs[i]
-        if i == 0 {
+        if i == 0 && !full {
             // Nothing trainable before the first layer: no gradient at its input is needed.
-            let out = enc.layer(0, &hs[0], &shared, ctx)?;
+            let out = enc.layer(0, &hs[0], shared, ctx)?;
             let store = (out * g_h.detach())?.sum_all()?.backward()?;
             collect(&store, trainable, &mut grads)?;
             break;
         }
-        g_h = stage_backward(&hs[i], &g_h, ctx, trainable, &mut grads, |x, ctx| enc.layer(i, x, &shared, ctx))?;
+        g_h = stage_backward(&hs[i], &g_h, ctx, trainable, &mut grads, |x, ctx| enc.layer(i, x, shared, ctx))?;
+    }
+    if let Some((x0, _)) = &tracked_begin {
+        let store = (x0 * g_h.detach())?.sum_all()?.backward()?;
+        collect(&store, trainable, &mut grads)?;
     }
     ctx.set_rng(end_rng);
     Ok(StepGrads { loss, grads })
@@ -232,7 +252,8 @@ mod tests {
     use crate::span::{SpanConfig, SpanModel};
     use candle_core::{DType, Device};
 
-    fn tiny(depth: usize, deberta: bool) -> Sener {
+    /// `full`: every encoder weight trainable, no LoRA (full fine-tuning).
+    fn tiny_with(depth: usize, deberta: bool, full: bool) -> Sener {
         let dev = Device::Cpu;
         let arrow = ArrowConfig { window: 3, ..ArrowConfig::default() };
         let opts = EncoderOptions { arrow: arrow.clone(), dtype: DType::F32, device: dev.clone() };
@@ -247,9 +268,14 @@ mod tests {
                 "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 64, "type_vocab_size": 2,
                 "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "layer_norm_eps": 1e-12, "hidden_act": "gelu"})
         };
-        let mut encoder = Encoder::random(cfg, &opts, 3).unwrap();
         let lora = LoraConfig::default();
-        encoder.add_lora(&lora, 5).unwrap();
+        let encoder = if full {
+            Encoder::random_trainable(cfg, &opts, 3).unwrap()
+        } else {
+            let mut e = Encoder::random(cfg, &opts, 3).unwrap();
+            e.add_lora(&lora, 5).unwrap();
+            e
+        };
         let span_cfg = SpanConfig { window: 3, biaffine_size: 6, cnn_dim: 4, cnn_depth: depth, ..SpanConfig::default() };
         let span = SpanModel::init(span_cfg.clone(), 16, 3, 7, DType::F32, &dev).unwrap();
         // LoRA B starts at zero: move every adapter off it so the encoder gradients are generic.
@@ -258,11 +284,11 @@ mod tests {
             v.set(&(t + Tensor::randn(0f32, 0.05, t.shape(), &dev).unwrap()).unwrap()).unwrap();
         }
         let config = SenerConfig {
-            base: BaseEncoder { path: "random".into(), sha256: None, hub: None },
+            base: BaseEncoder { path: "random".into(), sha256: None, hub: None, finetuned_from: None },
             labels: vec!["a".into(), "b".into(), "c".into()],
             arrow,
             span: span_cfg,
-            lora: Some(lora),
+            lora: (!full).then_some(lora),
             max_len: 64,
         };
         Sener { config, encoder, span }
@@ -295,8 +321,17 @@ mod tests {
     /// be replayed), reaches every trainable tensor, and leaves the RNG where the plain step does.
     #[test]
     fn recomputation_matches_the_plain_backward() {
-        for (depth, deberta) in [(2, true), (0, false), (1, false)] {
-            let m = tiny(depth, deberta);
+        for (depth, deberta, full) in [(2, true, false), (0, false, false), (1, false, false), (1, true, true), (0, false, true)] {
+            let m = tiny_with(depth, deberta, full);
+            if full {
+                let names: Vec<String> = m.trainable().into_iter().map(|(n, _)| n).collect();
+                for want in ["embeddings.word_embeddings.weight", "embeddings.LayerNorm.weight", "layer.2.output.dense.weight"] {
+                    assert!(names.iter().any(|n| n.ends_with(want)), "{want} is not trainable: {names:?}");
+                }
+                if deberta {
+                    assert!(names.iter().any(|n| n.ends_with("encoder.rel_embeddings.weight")));
+                }
+            }
             let (b, labels) = batch(&Device::Cpu);
             let mut c1 = ForwardCtx::train(11);
             let mut c2 = ForwardCtx::train(11);
@@ -311,8 +346,11 @@ mod tests {
                 let (a, b) = (&plain.grads[n], &staged.grads[n]);
                 let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
                 let scale = a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-                assert!(scale > 0.0, "{n}: zero gradient");
-                assert!(diff <= 1e-4 * scale + 1e-7, "depth {depth} deberta {deberta} {n}: max diff {diff} (scale {scale})");
+                // A key bias shifts every score of a query row alike: softmax cancels it, so its
+                // gradient is zero up to rounding.
+                let key_bias = n.ends_with("key.bias") || n.ends_with("key_proj.bias");
+                assert!(scale > 0.0 || key_bias, "{n}: zero gradient");
+                assert!(diff <= 1e-4 * scale + 1e-7, "depth {depth} deberta {deberta} full {full} {n}: max diff {diff} (scale {scale})");
             }
             // same RNG afterwards: the next dropout masks agree
             let x = Tensor::ones(64, DType::F32, &Device::Cpu).unwrap();
@@ -323,8 +361,16 @@ mod tests {
 
     #[test]
     fn untracked_pass_keeps_no_graph() {
-        let m = tiny(2, true);
+        for full in [false, true] {
+            untracked_pass_keeps_no_graph_with(full);
+        }
+    }
+
+    fn untracked_pass_keeps_no_graph_with(full: bool) {
+        let m = tiny_with(2, true, full);
         let (b, _) = batch(&Device::Cpu);
+        let mut eval = ForwardCtx::eval();
+        assert!(!m.forward(&b, &mut eval).unwrap().logits.track_op(), "inference must not record the graph");
         let mut ctx = ForwardCtx::train(1);
         ctx.track = false;
         let out = m.forward(&b, &mut ctx).unwrap();

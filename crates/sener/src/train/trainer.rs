@@ -39,6 +39,39 @@ use super::recompute::{loss_and_grads, Recompute};
 use crate::span::{SpanConfig, SpanModel};
 use crate::{Error, Result};
 
+/// What of the encoder is trained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Finetune {
+    /// LoRA adapters on Q and V plus their biases (the paper's recipe); the rest frozen.
+    #[default]
+    Lora,
+    /// Every encoder weight, embeddings included, at `lr_encoder` (no adapters). The model then
+    /// carries its own encoder folder (`encoder/`). A deviation from the paper, for small
+    /// encoders where a low-rank update may be too little.
+    Full,
+}
+
+impl Finetune {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lora => "lora",
+            Self::Full => "full",
+        }
+    }
+}
+
+impl std::str::FromStr for Finetune {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "lora" => Ok(Self::Lora),
+            "full" => Ok(Self::Full),
+            o => Err(format!("finetune must be lora or full, not `{o}`")),
+        }
+    }
+}
+
 /// Everything a run needs; defaults are the paper's recipe.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
@@ -59,6 +92,9 @@ pub struct TrainConfig {
     pub labels: Option<Vec<String>>,
     pub arrow: ArrowConfig,
     pub span: SpanConfig,
+    /// LoRA (default) or full fine-tuning of the encoder.
+    pub finetune: Finetune,
+    /// Used when `finetune` is `lora`.
     pub lora: LoraConfig,
     /// LR of the encoder side (LoRA A/B, q/v biases).
     pub lr_encoder: f64,
@@ -108,6 +144,7 @@ impl Default for TrainConfig {
             labels: None,
             arrow: ArrowConfig::default(),
             span: SpanConfig::default(),
+            finetune: Finetune::Lora,
             lora: LoraConfig::default(),
             lr_encoder: 4e-4,
             lr_new: 7e-4,
@@ -206,7 +243,7 @@ fn prepare(path: &Path, docs: Vec<Document>, tok: &mut WordTokenizer, special: &
 }
 
 /// The paper's four AdamW groups over a model's trainable tensors ([`Sener::trainable`] names):
-/// new layers and the encoder side (`encoder.*`: LoRA, q/v biases), each with weight decay except
+/// new layers and the encoder side (`encoder.*`: LoRA and q/v biases, or every encoder weight), each with weight decay except
 /// norms and biases ([`no_decay`]). Returns the tensors with their group index, and the groups.
 pub fn paper_groups(
     trainable: &[(String, candle_core::Var)],
@@ -431,17 +468,23 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
     let dev_split = cfg.dev.as_ref().map(|p| prepare(p, read_docs(p)?, &mut tok, &special, &labels, cfg)).transpose()?;
 
     let opts = EncoderOptions { arrow: cfg.arrow.clone(), dtype: DType::F32, device: device.clone() };
-    let mut encoder = Encoder::load(&cfg.base, &opts)?;
-    encoder.add_lora(&cfg.lora, cfg.seed)?;
+    let encoder = match cfg.finetune {
+        Finetune::Lora => {
+            let mut e = Encoder::load(&cfg.base, &opts)?;
+            e.add_lora(&cfg.lora, cfg.seed)?;
+            e
+        }
+        Finetune::Full => Encoder::load_trainable(&cfg.base, &opts)?,
+    };
     let span = SpanModel::init(cfg.span.clone(), encoder.hidden_size(), labels.len(), cfg.seed, DType::F32, device)?;
     let weights = crate::weights::WeightFiles::find(&cfg.base)?;
     let base_path = std::fs::canonicalize(&cfg.base).unwrap_or_else(|_| cfg.base.clone());
     let config = SenerConfig {
-        base: BaseEncoder { path: base_path, sha256: Some(crate::model::sha256_file(&weights.display_path())?), hub: cfg.base_hub.clone() },
+        base: BaseEncoder { path: base_path, sha256: Some(crate::model::sha256_file(&weights.display_path())?), hub: cfg.base_hub.clone(), finetuned_from: None },
         labels: labels.clone(),
         arrow: cfg.arrow.clone(),
         span: cfg.span.clone(),
-        lora: Some(cfg.lora.clone()),
+        lora: (cfg.finetune == Finetune::Lora).then(|| cfg.lora.clone()),
         max_len: cfg.max_len,
     };
     let model = Sener { config, encoder, span };
