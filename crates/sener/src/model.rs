@@ -7,7 +7,8 @@
 //!   `cross_layers.N.*`, `down_fc.*`);
 //! - `adapter/`: the encoder's LoRA adapter in PEFT layout (absent when the encoder is not adapted);
 //! - optionally `encoder/`: a Hugging Face encoder folder (config.json, weights, tokenizer), used
-//!   when `sener.json` names it as the base.
+//!   when `sener.json` names it as the base: a converted official checkpoint, or an encoder that
+//!   was fully fine-tuned (`finetune = "full"`; then there is no `adapter/`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -135,7 +135,7 @@ impl BertModel {
         Ok(x)
     }
 
-    /// Embeddings (no trainable parameters) and what every layer shares.
+    /// Embeddings (trainable only under full fine-tuning) and what every layer shares.
     pub fn begin(&self, ids: &Tensor, mask: &Tensor, ctx: &mut ForwardCtx) -> Result<(Tensor, LayerShared)> {
         let (b, t, valid) = mask_to_host(mask)?;
         let arrow_mask = ArrowMask::new(&valid, b, t, &self.arrow, self.dtype(), &ids.device().clone())?;

@@ -271,7 +271,7 @@ impl DebertaV2Model {
         Ok(x)
     }
 
-    /// Embeddings and the relative-position table (no trainable parameters), and what every
+    /// Embeddings and the relative-position table (trainable only under full fine-tuning), and what every
     /// layer shares.
     pub fn begin(&self, ids: &Tensor, mask: &Tensor, ctx: &mut ForwardCtx) -> Result<(Tensor, LayerShared)> {
         let (b, t, valid) = mask_to_host(mask)?;

@@ -259,7 +259,7 @@ impl Encoder {
     }
 
     /// The forward pass in pieces, for recomputation (`crate::train::recompute`): embeddings
-    /// (nothing trainable) and what the layers share; then [`Self::layer`] for each layer in turn.
+    /// (trainable only under full fine-tuning) and what the layers share; then [`Self::layer`] for each layer in turn.
     /// `forward` is exactly `begin` followed by every layer.
     pub fn begin(&self, ids: &Tensor, mask: &Tensor, ctx: &mut ForwardCtx) -> Result<(Tensor, LayerShared)> {
         self.check_input(ids, mask)?;
