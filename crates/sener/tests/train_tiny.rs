@@ -11,6 +11,17 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
+/// `dir/base`: the tiny DeBERTa fixture with the word-level tokenizer.
+fn tiny_base(dir: &Path) -> PathBuf {
+    let base = dir.join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("deberta_v3_tiny").join(f), base.join(f)).unwrap();
+    }
+    std::fs::copy(fixture("deberta_v3_tiny_tok/tokenizer.json"), base.join("tokenizer.json")).unwrap();
+    base
+}
+
 /// Documents of words w4…w60 where "w7 w8 w9" is a `skill` and "w20" a `place`, nested and
 /// repeated at varying positions.
 fn synthetic(n_docs: usize, seed: u64) -> String {
@@ -47,12 +58,7 @@ fn synthetic(n_docs: usize, seed: u64) -> String {
 #[test]
 fn tiny_training_run_learns_and_saves() {
     let dir = std::env::temp_dir().join(format!("sener-train-{}", std::process::id()));
-    let base = dir.join("base");
-    std::fs::create_dir_all(&base).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture("deberta_v3_tiny").join(f), base.join(f)).unwrap();
-    }
-    std::fs::copy(fixture("deberta_v3_tiny_tok/tokenizer.json"), base.join("tokenizer.json")).unwrap();
+    let base = tiny_base(&dir);
     std::fs::write(dir.join("train.jsonl"), synthetic(12, 1)).unwrap();
     std::fs::write(dir.join("dev.jsonl"), synthetic(6, 2)).unwrap();
     let cfg = TrainConfig {
@@ -99,12 +105,7 @@ fn tiny_training_run_learns_and_saves() {
 fn full_finetuning_trains_every_weight_and_saves_the_encoder() {
     use sener::train::trainer::Finetune;
     let dir = std::env::temp_dir().join(format!("sener-train-full-{}", std::process::id()));
-    let base = dir.join("base");
-    std::fs::create_dir_all(&base).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture("deberta_v3_tiny").join(f), base.join(f)).unwrap();
-    }
-    std::fs::copy(fixture("deberta_v3_tiny_tok/tokenizer.json"), base.join("tokenizer.json")).unwrap();
+    let base = tiny_base(&dir);
     std::fs::write(dir.join("train.jsonl"), synthetic(12, 1)).unwrap();
     let cfg = TrainConfig {
         train: dir.join("train.jsonl"),

@@ -62,11 +62,24 @@ pub struct LayerShared {
 impl Encoder {
     /// Loads a Hugging Face model folder (`config.json` + weights) as it is.
     pub fn load(dir: &Path, opts: &EncoderOptions) -> Result<Self> {
+        Self::load_with(dir, opts, false)
+    }
+
+    /// [`Self::load`] for full fine-tuning: every weight of the encoder is trainable (listed by
+    /// [`Self::trainable`] under its name in the weight file). Use it without LoRA.
+    pub fn load_trainable(dir: &Path, opts: &EncoderOptions) -> Result<Self> {
+        Self::load_with(dir, opts, true)
+    }
+
+    fn load_with(dir: &Path, opts: &EncoderOptions, trainable: bool) -> Result<Self> {
         let (_, raw): (serde_json::Value, _) = read_config(dir)?;
         let files = WeightFiles::find(dir)?;
         let wpath = files.display_path();
         let vb = files.var_builder(opts.dtype, &opts.device)?;
-        Self::from_config(raw, vb, &dir.join("config.json"), opts).map_err(|e| match e {
+        let cfg_path = dir.join("config.json");
+        let built =
+            if trainable { Self::trainable_from_config(raw, vb, &cfg_path, opts) } else { Self::from_config(raw, vb, &cfg_path, opts) };
+        built.map_err(|e| match e {
             Error::Candle(c) => Error::Weight { path: wpath.clone(), name: String::new(), message: c.to_string() },
             other => other,
         })
@@ -75,35 +88,12 @@ impl Encoder {
     /// A randomly initialised encoder of the shape `config` (a `config.json` value) describes, for
     /// benchmarks: see [`presets`].
     pub fn random(config: serde_json::Value, opts: &EncoderOptions, seed: u64) -> Result<Self> {
-        let vb = candle_nn::VarBuilder::from_backend(
-            Box::new(crate::weights::RandomInit { seed }),
-            opts.dtype,
-            opts.device.clone(),
-        );
-        Self::from_config(config, vb, Path::new("<random>"), opts)
+        Self::from_config(config, random_weights(opts, seed), Path::new("<random>"), opts)
     }
 
-    /// [`Self::load`] for full fine-tuning: every weight of the encoder is trainable (listed by
-    /// [`Self::trainable`] under its name in the weight file). Use it without LoRA.
-    pub fn load_trainable(dir: &Path, opts: &EncoderOptions) -> Result<Self> {
-        let (_, raw): (serde_json::Value, _) = read_config(dir)?;
-        let files = WeightFiles::find(dir)?;
-        let wpath = files.display_path();
-        let vb = files.var_builder(opts.dtype, &opts.device)?;
-        Self::trainable_from_config(raw, vb, &dir.join("config.json"), opts).map_err(|e| match e {
-            Error::Candle(c) => Error::Weight { path: wpath.clone(), name: String::new(), message: c.to_string() },
-            other => other,
-        })
-    }
-
-    /// [`Self::random`], every weight trainable (tests of full fine-tuning).
+    /// [`Self::random`], every weight trainable (tests and benchmarks of full fine-tuning).
     pub fn random_trainable(config: serde_json::Value, opts: &EncoderOptions, seed: u64) -> Result<Self> {
-        let vb = candle_nn::VarBuilder::from_backend(
-            Box::new(crate::weights::RandomInit { seed }),
-            opts.dtype,
-            opts.device.clone(),
-        );
-        Self::trainable_from_config(config, vb, Path::new("<random>"), opts)
+        Self::trainable_from_config(config, random_weights(opts, seed), Path::new("<random>"), opts)
     }
 
     fn trainable_from_config(
@@ -412,6 +402,11 @@ impl Encoder {
             Self::Bert(m) => m.device(),
         }
     }
+}
+
+/// A weight source that invents every tensor ([`crate::weights::RandomInit`]).
+fn random_weights(opts: &EncoderOptions, seed: u64) -> candle_nn::VarBuilder<'static> {
+    candle_nn::VarBuilder::from_backend(Box::new(crate::weights::RandomInit { seed }), opts.dtype, opts.device.clone())
 }
 
 /// Weight files of a Hugging Face folder (not copied when a fine-tuned encoder is saved).
