@@ -263,8 +263,18 @@ fn extract_reads_files_and_stdin_and_reports_bad_input() {
 /// (`recompute = "always"`), the path long segments take, so the dropout replay is covered too.
 #[test]
 fn train_killed_and_resumed_equals_uninterrupted() {
+    killed_and_resumed_equals_uninterrupted("lora");
+}
+
+/// The same with full fine-tuning: every encoder weight and its AdamW moments resume exactly.
+#[test]
+fn full_finetuning_killed_and_resumed_equals_uninterrupted() {
+    killed_and_resumed_equals_uninterrupted("full");
+}
+
+fn killed_and_resumed_equals_uninterrupted(finetune: &str) {
     use std::os::unix::process::ExitStatusExt;
-    let dir = std::env::temp_dir().join(format!("sener-resume-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("sener-resume-{finetune}-{}", std::process::id()));
     let base = tiny_deberta_base(&dir);
     let mut lines = String::new();
     for d in 0..12 {
@@ -289,7 +299,8 @@ fn train_killed_and_resumed_equals_uninterrupted() {
             &p,
             format!(
                 "train = {:?}\ndev = {:?}\nbase = {:?}\noutput = {:?}\nlr_new = 0.01\nlr_encoder = 0.01\nbatch_size = 4\n\
-                 micro_batch = 2\nepochs = 10\nwarmup = 0.05\ncheckpoint_every = 1\nrecompute = \"always\"\n[span]\nwindow = 4\nbiaffine_size = 16\ncnn_dim = 8\ncnn_depth = 1\n",
+                 micro_batch = 2\nepochs = 10\nwarmup = 0.05\ncheckpoint_every = 1\nrecompute = \"always\"\nfinetune = \"{finetune}\"\n\
+                 [span]\nwindow = 4\nbiaffine_size = 16\ncnn_dim = 8\ncnn_depth = 1\n",
                 dir.join("train.jsonl"),
                 dir.join("train.jsonl"),
                 base,
@@ -343,6 +354,8 @@ fn train_killed_and_resumed_equals_uninterrupted() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     let pa = candle_core::safetensors::load(dir.join("a/model.resume/params.safetensors"), &Device::Cpu).unwrap();
+    let full_weights = pa.keys().any(|k| k.ends_with("embeddings.word_embeddings.weight"));
+    assert_eq!(full_weights, finetune == "full", "the resume checkpoint holds every encoder weight exactly under full fine-tuning");
     for run in ["b", "c"] {
         let pb = candle_core::safetensors::load(dir.join(format!("{run}/model.resume/params.safetensors")), &Device::Cpu).unwrap();
         assert_eq!(pa.len(), pb.len());
