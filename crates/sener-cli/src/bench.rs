@@ -52,12 +52,14 @@ pub(crate) fn random_shape(model: &str) -> Result<serde_json::Value> {
 
 /// The encoder a benchmark names: `minilm` loads the real all-MiniLM-L6-v2 (`--minilm` or
 /// `$SENER_MINILM_DIR`), the other names are random weights in that shape ([`random_shape`]).
-pub(crate) fn bench_encoder(model: &str, minilm: &Option<PathBuf>, opts: &EncoderOptions) -> Result<Encoder> {
+/// `trainable`: every weight a variable (full fine-tuning).
+pub(crate) fn bench_encoder(model: &str, minilm: &Option<PathBuf>, opts: &EncoderOptions, trainable: bool) -> Result<Encoder> {
     if model == "minilm" {
         let dir = minilm_dir(minilm).context("minilm needs --minilm or $SENER_MINILM_DIR (the all-MiniLM-L6-v2 folder)")?;
-        return Ok(Encoder::load(&dir, opts)?);
+        return Ok(if trainable { Encoder::load_trainable(&dir, opts)? } else { Encoder::load(&dir, opts)? });
     }
-    Ok(Encoder::random(random_shape(model)?, opts, 0)?)
+    let shape = random_shape(model)?;
+    Ok(if trainable { Encoder::random_trainable(shape, opts, 0)? } else { Encoder::random(shape, opts, 0)? })
 }
 
 /// Model FLOPs of one forward over `t` tokens.
@@ -169,7 +171,7 @@ pub fn run_one(a: BenchOneArgs) -> Result<()> {
         m => bail!("--mode {m}: expected arrow or full"),
     };
     let opts = EncoderOptions { arrow: arrow.clone(), dtype: DType::F32, device: Device::Cpu };
-    let enc = bench_encoder(&a.model, &a.minilm, &opts)?;
+    let enc = bench_encoder(&a.model, &a.minilm, &opts, false)?;
     let model_rss = sener::mem::current_rss().unwrap_or(0);
     let vocab = enc.vocab_size() as u32;
     let ids = |t: usize| -> Result<Tensor> {
@@ -469,15 +471,10 @@ pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
         "minilm" => minilm_dir(&a.minilm).context("--minilm or $SENER_MINILM_DIR")?,
         m => PathBuf::from(format!("random:{m}")),
     };
-    let encoder = match a.finetune {
-        Finetune::Lora => {
-            let mut e = bench_encoder(&a.model, &a.minilm, &opts)?;
-            e.add_lora(&recipe.lora, 0)?;
-            e
-        }
-        Finetune::Full if a.model == "minilm" => Encoder::load_trainable(&dir, &opts)?,
-        Finetune::Full => Encoder::random_trainable(random_shape(&a.model)?, &opts, 0)?,
-    };
+    let mut encoder = bench_encoder(&a.model, &a.minilm, &opts, a.finetune == Finetune::Full)?;
+    if a.finetune == Finetune::Lora {
+        encoder.add_lora(&recipe.lora, 0)?;
+    }
     let labels = 12;
     let span = SpanModel::init(SpanConfig::default(), encoder.hidden_size(), labels, 0, DType::F32, &dev)?;
     let config = SenerConfig {

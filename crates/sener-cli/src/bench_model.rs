@@ -337,7 +337,7 @@ pub fn run_one(a: BenchModelOneArgs) -> Result<()> {
         m => bail!("--mode {m}: expected sener or full"),
     };
     let opts = EncoderOptions { arrow: arrow.clone(), dtype: DType::F32, device: dev.clone() };
-    let enc = bench_encoder(&a.model, &a.minilm, &opts)?;
+    let enc = bench_encoder(&a.model, &a.minilm, &opts, false)?;
     let (ids, idx, words) = synthetic_segment(a.length, enc.vocab_size() as u32, 1, 2);
     let window = if a.mode == "full" { words.saturating_sub(1).max(1) } else { SPAN_WINDOW };
     let span = SpanModel::init(SpanConfig { window, ..SpanConfig::default() }, enc.hidden_size(), a.labels, 0, DType::F32, &dev)?;

@@ -82,11 +82,7 @@ impl ForwardCtx {
     /// intermediate that depends on it alive until the output is dropped: at inference that turns
     /// O(rows) memory into O(all).)
     pub fn param(&self, v: &candle_core::Var) -> Tensor {
-        if self.grad && self.track {
-            v.as_tensor().clone()
-        } else {
-            v.as_tensor().detach()
-        }
+        self.weight(v.as_tensor())
     }
 
     /// A weight that is trainable only in some runs (the encoder's weights under full

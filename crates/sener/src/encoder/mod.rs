@@ -117,22 +117,24 @@ impl Encoder {
         Ok(enc)
     }
 
+    /// Every weight as a variable under full fine-tuning ([`Self::load_trainable`]); empty otherwise.
+    fn full_weights(&self) -> &[(String, Var)] {
+        match self {
+            Self::Deberta(m) => &m.full,
+            Self::Bert(m) => &m.full,
+        }
+    }
+
     /// Whether every weight is trainable ([`Self::load_trainable`]).
     pub fn is_fully_trainable(&self) -> bool {
-        match self {
-            Self::Deberta(m) => !m.full.is_empty(),
-            Self::Bert(m) => !m.full.is_empty(),
-        }
+        !self.full_weights().is_empty()
     }
 
     /// Writes a fully trainable encoder as a Hugging Face folder `dir`: `model.safetensors` with
     /// every weight under its original name, plus every other top-level file of `base` (config,
     /// tokenizer) copied as it is. Returns the weight file.
     pub fn save_full(&self, dir: &Path, base: &Path) -> Result<PathBuf> {
-        let full = match self {
-            Self::Deberta(m) => &m.full,
-            Self::Bert(m) => &m.full,
-        };
+        let full = self.full_weights();
         if full.is_empty() {
             return Err(Error::Input("save_full: the encoder is not fully trainable".into()));
         }
