@@ -465,7 +465,7 @@ pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
     use sener::train::trainer::{paper_groups, TrainConfig};
     let dev = crate::cli::parse_device(&a.device)?;
     // The model and optimiser `sener train` builds, with the paper's defaults.
-    let recipe = TrainConfig::default();
+    let recipe = TrainConfig::paper();
     let opts = EncoderOptions { arrow: recipe.arrow.clone(), dtype: DType::F32, device: dev.clone() };
     let dir = match a.model.as_str() {
         "minilm" => minilm_dir(&a.minilm).context("--minilm or $SENER_MINILM_DIR")?,
@@ -484,6 +484,8 @@ pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
         span: recipe.span.clone(),
         lora: (a.finetune == Finetune::Lora).then(|| recipe.lora.clone()),
         max_len: a.length,
+        splitter: Default::default(),
+        thresholds: None,
     };
     let model = Sener { config, encoder, span };
     let (params, groups) = paper_groups(&model.trainable(), recipe.lr_new, recipe.lr_encoder, recipe.weight_decay);
@@ -499,7 +501,7 @@ pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
     let recompute = a.recompute.applies(batch.ids.elem_count());
     for _ in 0..a.steps.max(1) {
         let t0 = Instant::now();
-        let step = loss_and_grads(&model, &batch, &lab.labels, 1.0, &mut ctx, recompute)?;
+        let step = loss_and_grads(&model, &batch, &lab.labels, 1.0, 1.0, &mut ctx, recompute)?;
         opt.step_with(|name, _| step.grads.get(name).cloned(), 1.0)?;
         dev.synchronize()?;
         times.push(t0.elapsed().as_secs_f64());

@@ -18,13 +18,14 @@ pub enum Command {
     /// Encode one text with an encoder checkpoint and write its last hidden states
     /// (contextual embeddings of a whole long document).
     Encode(EncodeArgs),
-    /// Micro / per-type / per-length P/R/F1 of a model (or of a predictions file) against SeNER
-    /// JSON-lines gold data, with the official metric.
-    Eval(EvalArgs),
+    /// Micro / macro / per-type / per-length P/R/F1 of a model (or of a predictions file, word or
+    /// character spans) against gold data in any reader format, with the official metric.
+    Eval(crate::eval::EvalArgs),
     /// Extract entities (exact character offsets) from texts of any length.
     Extract(ExtractArgs),
-    /// Fine-tune SeNER (LoRA on the encoder + the span side) with the paper's recipe.
-    Train(TrainArgs),
+    /// Train a SeNER model (LoRA on the encoder + the span side) on annotated documents:
+    /// `--recipe sener` (default, tuned for small data and CPU budgets) or `--recipe paper`.
+    Train(crate::train::TrainArgs),
     /// Turn a released SeNER checkpoint (.pth, official key layout) into a sener model folder.
     ImportOfficial(ImportOfficialArgs),
     /// Band logits (and decoded spans) of SeNER JSON-lines documents, computed as the official
@@ -32,10 +33,10 @@ pub enum Command {
     Score(ScoreArgs),
     /// Convert annotated documents between formats (sener, scirex, conll[-bioes], gliner, brat,
     /// text, jsonl → jsonl[-bytes], conll[-bioes], brat, sener).
-    Convert(ConvertArgs),
+    Convert(crate::data_cmds::ConvertArgs),
     /// Corpus statistics: documents, words, subwords, entities per type, entity lengths, entities
     /// the span window cannot hold or that cross a segment boundary.
-    Stats(StatsArgs),
+    Stats(crate::data_cmds::StatsArgs),
     /// Benchmarks: time, tokens/s and peak RSS.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -96,36 +97,6 @@ pub struct EncodeArgs {
 }
 
 #[derive(Args, Debug)]
-#[command(group(clap::ArgGroup::new("predictions").required(true).args(["model", "pred"])))]
-pub struct EvalArgs {
-    /// Gold data (SeNER JSON lines).
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Model folder to run on the data.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// Predictions instead of a model: JSON lines `{"doc_id", "entity": [[start, end_excl, label], …]}`
-    /// (what `sener score --decoded` writes), matched to the gold documents by doc_id.
-    #[arg(long)]
-    pub pred: Option<PathBuf>,
-    /// Span window used to count unreachable gold entities (default: the model's, else 128).
-    #[arg(long)]
-    pub span_window: Option<usize>,
-    /// Segment length in subword tokens for --model (default: the model's `max_len`). Longer
-    /// segments than the encoder's learned positions reuse them (see the README).
-    #[arg(long)]
-    pub max_len: Option<usize>,
-    /// Write the full result as JSON here.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Write a Markdown report here.
-    #[arg(long)]
-    pub markdown: Option<PathBuf>,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-}
-
-#[derive(Args, Debug)]
 pub struct ExtractArgs {
     /// sener model folder.
     #[arg(long)]
@@ -155,9 +126,10 @@ pub struct ExtractArgs {
     /// stopping at the first; the command still fails at the end, listing them.
     #[arg(long)]
     pub keep_going: bool,
-    /// Decision threshold on the symmetrised probability.
-    #[arg(long, default_value_t = 0.5)]
-    pub threshold: f32,
+    /// Decision threshold on the symmetrised probability (default: the model's calibrated
+    /// per-type thresholds, or 0.5).
+    #[arg(long)]
+    pub threshold: Option<f32>,
     /// Flat output (no nested entities).
     #[arg(long)]
     pub flat: bool,
@@ -179,9 +151,10 @@ pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the bound address is printed on stdout).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: String,
-    /// Default decision threshold (a request's `threshold` overrides it).
-    #[arg(long, default_value_t = 0.5)]
-    pub threshold: f32,
+    /// Default decision threshold (a request's `threshold` overrides it; default: the model's
+    /// calibrated per-type thresholds, or 0.5).
+    #[arg(long)]
+    pub threshold: Option<f32>,
     /// Segment length in tokens (default: the model's).
     #[arg(long)]
     pub max_len: Option<usize>,
@@ -215,86 +188,6 @@ pub struct ServeArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct TrainArgs {
-    /// TOML file with any `TrainConfig` keys (flags override it).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Training data (SeNER JSON lines).
-    #[arg(long)]
-    pub train: Option<PathBuf>,
-    /// Dev data, evaluated after every epoch (best model kept).
-    #[arg(long)]
-    pub dev: Option<PathBuf>,
-    /// Base encoder: a folder (Hugging Face layout, with tokenizer.json or spm.model) or a Hugging
-    /// Face Hub id (org/name or org/name@revision), fetched into the Hub cache when not there yet.
-    #[arg(long)]
-    pub base: Option<PathBuf>,
-    /// Output model folder.
-    #[arg(long)]
-    pub output: Option<PathBuf>,
-    #[arg(long)]
-    pub epochs: Option<usize>,
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    #[arg(long)]
-    pub micro_batch: Option<usize>,
-    #[arg(long)]
-    pub lr_encoder: Option<f64>,
-    #[arg(long)]
-    pub lr_new: Option<f64>,
-    #[arg(long)]
-    pub max_len: Option<usize>,
-    #[arg(long)]
-    pub max_steps: Option<usize>,
-    #[arg(long)]
-    pub seed: Option<u64>,
-    #[arg(long)]
-    pub wwm: Option<f64>,
-    #[arg(long)]
-    pub patience: Option<usize>,
-    /// Arrow-attention window (tokens).
-    #[arg(long)]
-    pub window: Option<usize>,
-    /// Span window w′ (words).
-    #[arg(long)]
-    pub span_window: Option<usize>,
-    /// Number of BiSPA blocks (0 = the "w/o BiSPA" ablation).
-    #[arg(long)]
-    pub cnn_depth: Option<usize>,
-    /// Plain sliding-window attention (the "w SWA" ablation).
-    #[arg(long)]
-    pub no_global_cls: bool,
-    /// Start the head's per-type bias at the training data's prior log-odds (a deviation from the
-    /// official initialisation; see the README).
-    #[arg(long)]
-    pub prior_bias: bool,
-    /// Recompute activations in the backward pass instead of keeping them: auto (micro-batches of
-    /// 2,048 tokens or more), always or never. Costs about one more forward pass; cuts a 5,120-token
-    /// step's memory several-fold.
-    #[arg(long)]
-    pub recompute: Option<sener::train::recompute::Recompute>,
-    /// What of the encoder to train: lora (adapters on Q and V and their biases, the paper's
-    /// recipe) or full (every encoder weight at --lr-encoder; the model then carries its own
-    /// encoder folder).
-    #[arg(long)]
-    pub finetune: Option<sener::train::trainer::Finetune>,
-    /// Labels in logit order (default: sorted labels of the training data).
-    #[arg(long, value_delimiter = ',')]
-    pub labels: Option<Vec<String>>,
-    /// Continue an interrupted run from `<output>.resume/` (same configuration).
-    #[arg(long)]
-    pub resume: bool,
-    /// Write the resume checkpoint every N optimiser steps (and after every epoch).
-    #[arg(long)]
-    pub checkpoint_every: Option<usize>,
-    /// JSON-lines metrics log (default: OUTPUT/../<name>.metrics.jsonl).
-    #[arg(long)]
-    pub metrics_log: Option<PathBuf>,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-}
-
-#[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("label_set").required(true).args(["task", "labels"])))]
 pub struct ImportOfficialArgs {
     /// The checkpoint (`torch.save` of the official model's state dict).
@@ -320,6 +213,10 @@ pub struct ImportOfficialArgs {
     /// LoRA alpha of the checkpoint (the official recipe: 16).
     #[arg(long, default_value_t = 16.0)]
     pub lora_alpha: f64,
+    /// Word splitter of the checkpoint's training data, for raw text (default: the --task's,
+    /// else whitespace): whitespace, treebank, punct or infix.
+    #[arg(long)]
+    pub splitter: Option<sener_data::split::Splitter>,
     /// Output model folder.
     #[arg(long)]
     pub output: PathBuf,
@@ -345,42 +242,6 @@ pub struct ScoreArgs {
     pub max_len: Option<usize>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
-}
-
-#[derive(Args, Debug)]
-pub struct ConvertArgs {
-    /// Input format: sener, scirex, conll, conll-bioes, gliner, brat (a folder), text, text-lines, jsonl.
-    #[arg(long)]
-    pub from: String,
-    /// Output format: jsonl, jsonl-bytes, conll, conll-bioes, brat (a folder), sener.
-    #[arg(long)]
-    pub to: String,
-    /// Input file ('-' = standard input).
-    pub input: PathBuf,
-    /// Output file (folder for brat).
-    pub output: PathBuf,
-}
-
-#[derive(Args, Debug)]
-pub struct StatsArgs {
-    /// Input format (as for convert).
-    #[arg(long, default_value = "sener")]
-    pub format: String,
-    /// Input files ('-' = standard input).
-    #[arg(required = true)]
-    pub inputs: Vec<PathBuf>,
-    /// Model folder (tokenizer.json or spm.model): adds subword and segment counts.
-    #[arg(long)]
-    pub tokenizer: Option<PathBuf>,
-    /// Segment length in tokens, [CLS]/[SEP] included.
-    #[arg(long, default_value_t = 5120)]
-    pub max_len: usize,
-    /// One-sided span window in words (spans up to window+1 words can be predicted).
-    #[arg(long, default_value_t = 128)]
-    pub span_window: usize,
-    /// JSON output.
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -610,6 +471,22 @@ pub struct BenchPositionsArgs {
     pub arrow: ArrowArgs,
 }
 
+/// A `--model` value: a local model folder, or (with the `hub` feature) a Hugging Face Hub id
+/// `org/name[@revision]` whose model folder (and base encoder) is fetched into the Hub cache.
+pub fn model_dir(spec: &std::path::Path) -> Result<PathBuf> {
+    #[cfg(feature = "hub")]
+    {
+        Ok(sener::hub::resolve_model(spec)?)
+    }
+    #[cfg(not(feature = "hub"))]
+    {
+        if !spec.exists() {
+            bail!("{}: no such model folder (this build has no Hugging Face Hub support: feature `hub`)", spec.display());
+        }
+        Ok(spec.to_path_buf())
+    }
+}
+
 pub fn parse_device(s: &str) -> Result<candle_core::Device> {
     match s {
         "cpu" => Ok(candle_core::Device::Cpu),
@@ -625,7 +502,7 @@ pub fn parse_device(s: &str) -> Result<candle_core::Device> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Encode(a) => crate::encode::run(crate::encode::EncodeConfig::from_args(a)?),
-        Command::Eval(a) => crate::score::eval(a),
+        Command::Eval(a) => crate::eval::run(a),
         Command::Extract(a) => crate::extract::run(a),
         Command::Train(a) => crate::train::run(a),
         Command::ImportOfficial(a) => crate::score::import_official(a),

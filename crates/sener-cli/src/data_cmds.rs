@@ -1,8 +1,9 @@
 //! `sener convert` and `sener stats`: the data layer (`sener-data`) on the command line.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use clap::Args;
 use sener_data::align::{align, WordTokenizer};
 use sener_data::readers::{self, Format, ReadResult};
 use sener_data::segment::{segment, SegmentConfig};
@@ -10,7 +11,59 @@ use sener_data::stats::Stats;
 use sener_data::writers::{self, OutputFormat};
 use sener_data::Report;
 
-use crate::cli::{ConvertArgs, StatsArgs};
+use sener_data::split;
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// Input format: sener, scirex, conll, conll-bioes, gliner, brat (a folder), text, text-lines, jsonl.
+    #[arg(long)]
+    pub from: String,
+    /// Output format: jsonl, jsonl-bytes, conll, conll-bioes, brat (a folder), sener.
+    #[arg(long)]
+    pub to: String,
+    /// Input file ('-' = standard input).
+    pub input: PathBuf,
+    /// Output file (folder for brat).
+    pub output: PathBuf,
+    /// Rebuild natural text from the words (no space before `, . ) ;` and clitics, none after
+    /// `(`, paired quotes; see `sener_data::detok`) with every word and entity kept exactly: raw
+    /// text as users have it, to measure extraction on (write it as jsonl).
+    #[arg(long)]
+    pub detokenize: bool,
+    /// Hold out this fraction of the documents (chosen by a hash of their ids, as `sener train
+    /// --holdout` does) and write them to --held-out instead of OUTPUT.
+    #[arg(long, requires = "held_out")]
+    pub holdout: Option<f64>,
+    /// Where the held-out documents go (same output format).
+    #[arg(long, requires = "holdout")]
+    pub held_out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// Input format (as for convert).
+    #[arg(long, default_value = "sener")]
+    pub format: String,
+    /// Input files ('-' = standard input).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Model folder (tokenizer.json or spm.model): adds subword and segment counts.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Segment length in tokens, [CLS]/[SEP] included.
+    #[arg(long, default_value_t = 5120)]
+    pub max_len: usize,
+    /// One-sided span window in words (spans up to window+1 words can be predicted).
+    #[arg(long, default_value_t = 128)]
+    pub span_window: usize,
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
+    /// How well each word splitter reproduces the documents' words on their natural text
+    /// (detokenized, as `convert --detokenize` writes it): word-span agreement per splitter.
+    #[arg(long)]
+    pub splitters: bool,
+}
 
 /// Reads one input ('-' = standard input).
 fn read_input(format: Format, path: &Path) -> Result<ReadResult> {
@@ -34,8 +87,26 @@ pub fn print_report(what: &str, report: &Report) {
 pub fn convert(a: ConvertArgs) -> Result<()> {
     let from: Format = a.from.parse()?;
     let to: OutputFormat = a.to.parse()?;
-    let read = read_input(from, &a.input)?;
+    let mut read = read_input(from, &a.input)?;
     print_report("read", &read.report);
+    if a.detokenize {
+        read.documents = read
+            .documents
+            .iter()
+            .map(sener_data::detok::detokenize)
+            .collect::<sener_data::Result<_>>()
+            .with_context(|| format!("--detokenize: {}", a.input.display()))?;
+    }
+    if let (Some(f), Some(held_path)) = (a.holdout, &a.held_out) {
+        if !(0.0..0.9).contains(&f) {
+            anyhow::bail!("--holdout {f} must be in [0, 0.9)");
+        }
+        let (kept, held) = sener_data::holdout::holdout_split(std::mem::take(&mut read.documents), f);
+        let report = writers::write_path(to, held_path, &held).with_context(|| format!("writing {}", held_path.display()))?;
+        print_report("write", &report);
+        eprintln!("held out {} documents -> {}", held.len(), held_path.display());
+        read.documents = kept;
+    }
     let report = writers::write_path(to, &a.output, &read.documents).with_context(|| format!("writing {}", a.output.display()))?;
     print_report("write", &report);
     let entities: usize = read.documents.iter().map(|d| d.entities.len()).sum();
@@ -53,6 +124,9 @@ pub fn stats(a: StatsArgs) -> Result<()> {
         docs.extend(r.documents);
     }
     print_report("read", &report);
+    if a.splitters {
+        return splitter_agreement(&docs);
+    }
     let mut s = Stats::of_documents(&docs, a.span_window)?;
     if let Some(dir) = &a.tokenizer {
         let mut tok = WordTokenizer::from_path(dir)?;
@@ -108,6 +182,33 @@ pub fn stats(a: StatsArgs) -> Result<()> {
     println!("entities longer than the span window ({} words): {}", a.span_window + 1, s.longer_than_span_window);
     if s.not_word_aligned > 0 {
         println!("entities not aligned to words: {}", s.not_word_aligned);
+    }
+    Ok(())
+}
+
+/// `stats --splitters`: each splitter against the documents' own words on their natural text.
+fn splitter_agreement(docs: &[sener_data::Document]) -> Result<()> {
+    let natural = docs
+        .iter()
+        .filter(|d| d.words.is_some())
+        .map(sener_data::detok::detokenize)
+        .collect::<sener_data::Result<Vec<_>>>()?;
+    let (best, all) = split::best_for(&natural);
+    println!("{} documents with words, {} words", natural.len(), all[0].1.gold_words);
+    println!("| splitter | words found | same span | word F1 | disagreements per 1,000 words | documents exact |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (s, ag) in &all {
+        println!(
+            "| {}{} | {} | {} | {:.4} | {:.1} | {} / {} |",
+            s,
+            if *s == best { " (best)" } else { "" },
+            ag.split_words,
+            ag.same,
+            ag.f1(),
+            ag.disagreements_per_1000(),
+            ag.exact_documents,
+            ag.documents
+        );
     }
     Ok(())
 }

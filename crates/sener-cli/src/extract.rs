@@ -318,6 +318,9 @@ fn to_document(id: &str, text: &str, entities: &[Entity]) -> Document {
 
 #[derive(serde::Serialize)]
 struct JsonDoc<'a> {
+    /// The document id (file stem for text files, the document's id for reader formats):
+    /// what `sener eval --pred` matches to gold documents.
+    id: &'a str,
     source: &'a str,
     words: usize,
     segments: usize,
@@ -347,7 +350,7 @@ impl Writer<'_> {
     }
 
     fn write(&mut self, doc: &Doc, r: &Extraction) -> Result<()> {
-        let j = JsonDoc { source: &doc.name, words: r.words, segments: r.segments, entities: &r.entities };
+        let j = JsonDoc { id: &doc.id, source: &doc.name, words: r.words, segments: r.segments, entities: &r.entities };
         match self.format {
             OutFormat::Jsonl => {
                 serde_json::to_writer(&mut self.out, &j)?;
@@ -434,8 +437,8 @@ pub fn run(a: ExtractArgs) -> Result<()> {
 }
 
 fn run_inner(a: ExtractArgs) -> Result<()> {
-    if !(0.0..=1.0).contains(&a.threshold) {
-        bail!("--threshold {} is not a probability", a.threshold);
+    if let Some(t) = a.threshold.filter(|t| !(0.0..=1.0).contains(t)) {
+        bail!("--threshold {t} is not a probability");
     }
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
@@ -458,11 +461,16 @@ fn run_inner(a: ExtractArgs) -> Result<()> {
     }
 
     let device = crate::cli::parse_device(&a.device)?;
-    let mut ex = Extractor::load_on(&a.model, &device).with_context(|| format!("loading model {}", a.model.display()))?;
+    let model_dir = crate::cli::model_dir(&a.model)?;
+    let mut ex = Extractor::load_on(&model_dir, &device).with_context(|| format!("loading model {}", a.model.display()))?;
     let max_len = a.max_len.unwrap_or(ex.model.config.max_len);
     SegmentConfig { max_len, overlap: a.overlap }.validate().context("--max-len / --overlap")?;
     ex.options = ExtractOptions {
-        decode: DecodeOptions { threshold: Threshold::Global(a.threshold), allow_nested: !a.flat, ..DecodeOptions::default() },
+        decode: DecodeOptions {
+            threshold: a.threshold.map_or_else(|| ex.model.config.threshold(), Threshold::Global),
+            allow_nested: !a.flat,
+            ..DecodeOptions::default()
+        },
         max_len: a.max_len,
         overlap: a.overlap,
     };

@@ -5,9 +5,8 @@ mod bench_model;
 mod cli;
 mod data_cmds;
 mod encode;
+mod eval;
 mod extract;
-#[cfg(feature = "hub")]
-mod hub;
 mod plot;
 mod score;
 mod serve;

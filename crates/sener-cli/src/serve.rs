@@ -115,7 +115,8 @@ fn json_response(status: StatusCode, v: &Value) -> Response {
 /// Decoding options of one request; requests with equal options share a model batch.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct JobOptions {
-    threshold: f32,
+    /// None: the model's own thresholds (calibrated per type, or 0.5).
+    threshold: Option<f32>,
     flat: bool,
 }
 
@@ -146,7 +147,7 @@ struct Job {
 struct AppState {
     queue: mpsc::Sender<Job>,
     limits: Limits,
-    default_threshold: f32,
+    default_threshold: Option<f32>,
     /// The `/v1/model` answer, built once.
     model_info: Value,
 }
@@ -166,8 +167,8 @@ struct ExtractRequest {
 
 pub fn run(a: ServeArgs) -> Result<()> {
     let limits = Limits::from_args(&a)?;
-    if !(0.0..=1.0).contains(&a.threshold) {
-        bail!("--threshold {} is not a probability", a.threshold);
+    if let Some(t) = a.threshold.filter(|t| !(0.0..=1.0).contains(t)) {
+        bail!("--threshold {t} is not a probability");
     }
     // Bind first: a taken address fails before the (possibly long) model load.
     let listener = std::net::TcpListener::bind(a.addr.as_str()).with_context(|| format!("binding {}", a.addr))?;
@@ -175,11 +176,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let addr = listener.local_addr().context("reading the bound address")?;
 
     let device = crate::cli::parse_device(&a.device)?;
-    let mut ex = Extractor::load_on(&a.model, &device).with_context(|| format!("loading model {}", a.model.display()))?;
+    let model_dir = crate::cli::model_dir(&a.model)?;
+    let mut ex = Extractor::load_on(&model_dir, &device).with_context(|| format!("loading model {}", a.model.display()))?;
     let segments = SegmentConfig { max_len: a.max_len.unwrap_or(ex.model.config.max_len), overlap: a.overlap };
     segments.validate().context("--max-len / --overlap")?;
     let base = ExtractOptions {
-        decode: DecodeOptions { threshold: Threshold::Global(a.threshold), ..DecodeOptions::default() },
+        decode: DecodeOptions { threshold: a.threshold.map_or_else(|| ex.model.config.threshold(), Threshold::Global), ..DecodeOptions::default() },
         max_len: a.max_len,
         overlap: a.overlap,
     };
@@ -365,8 +367,8 @@ async fn extract_inner(st: &AppState, req: Request) -> std::result::Result<Respo
             ))
         }
     };
-    let threshold = r.threshold.unwrap_or(st.default_threshold);
-    if !(0.0..=1.0).contains(&threshold) {
+    let threshold = r.threshold.or(st.default_threshold);
+    if let Some(threshold) = threshold.filter(|t| !(0.0..=1.0).contains(t)) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_threshold",
@@ -468,6 +470,8 @@ fn model_info(ex: &Extractor, a: &ServeArgs, limits: &Limits) -> Value {
         "base_sha256": c.base.sha256,
         "lora": c.lora,
         "default_threshold": a.threshold,
+        "thresholds": c.thresholds,
+        "splitter": c.splitter,
         "device": a.device,
         "limits": {
             "max_body_bytes": limits.max_body_bytes,
@@ -522,7 +526,11 @@ fn run_batch(ex: &mut Extractor, base: &ExtractOptions, mut jobs: Vec<Job>) {
         let (group, rest): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.options == opts);
         jobs = rest;
         ex.options = ExtractOptions {
-            decode: DecodeOptions { threshold: Threshold::Global(opts.threshold), allow_nested: !opts.flat, ..base.decode.clone() },
+            decode: DecodeOptions {
+                threshold: opts.threshold.map_or_else(|| base.decode.threshold.clone(), Threshold::Global),
+                allow_nested: !opts.flat,
+                ..base.decode.clone()
+            },
             ..base.clone()
         };
         let texts: Vec<&str> = group.iter().flat_map(|j| j.texts.iter().map(String::as_str)).collect();

@@ -1,35 +1,234 @@
-//! `sener train`: flags and an optional TOML file into one `TrainConfig`, printed at start and
-//! saved beside the model (`<output>.train.json`).
+//! `sener train`: the recipe's defaults, an optional TOML/JSON config file and the flags into one
+//! `TrainConfig`, printed at start and saved beside the model (`<output>.train.json`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use sener::train::trainer::{train_with, Progress, TrainConfig, TrainHooks};
+use sener::train::recompute::Recompute;
+use sener::train::trainer::{train_with, Finetune, Progress, Recipe, TrainConfig, TrainHooks};
+use sener_data::split::SplitterChoice;
 
-use crate::cli::TrainArgs;
+/// `sener train`'s flags. Every flag overrides the same key of `--config`; keys set nowhere take
+/// the recipe's default (shown in brackets).
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Training config, TOML or JSON (by extension; any `TrainConfig` key). The effective config
+    /// a run saves (`<output>.train.json`) can be given back here unchanged.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Defaults for every key not set: sener (small data, CPU budgets: prior bias, LR 1e-3 /
+    /// 3e-3, batch 4, 512-token segments, thresholds calibrated on a 10 % held-out part) or paper
+    /// (the official recipe). [sener]
+    #[arg(long)]
+    pub recipe: Option<Recipe>,
+    /// Training data (any reader format, see --format).
+    #[arg(long)]
+    pub train: Option<PathBuf>,
+    /// Dev data: evaluated after every epoch; selects the best epoch and calibrates the
+    /// thresholds. Without it, --holdout of the training documents is held out for that. [none]
+    #[arg(long)]
+    pub dev: Option<PathBuf>,
+    /// Reader format of --train and --dev: sener, scirex, conll, conll-bioes, gliner, brat,
+    /// text, text-lines, jsonl. Raw-text formats are cut into words by --splitter. [sener]
+    #[arg(long)]
+    pub format: Option<String>,
+    /// How raw text is cut into words, recorded in the model and used by extract/serve: auto
+    /// (the splitter that best reproduces the training data's own words; treebank for raw-text
+    /// data), whitespace, treebank, punct or infix. [auto]
+    #[arg(long)]
+    pub splitter: Option<SplitterChoice>,
+    /// Without --dev: fraction of the training documents held out (chosen by a hash of their
+    /// ids, the same every run) for evaluation, selection and calibration. [sener: 0.1; paper: 0]
+    #[arg(long)]
+    pub holdout: Option<f64>,
+    /// Base encoder: a folder (Hugging Face layout, with tokenizer.json or spm.model) or a Hugging
+    /// Face Hub id (org/name or org/name@revision), fetched into the Hub cache when not there yet.
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// Output model folder (the best model so far is written there atomically). [models/sener]
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Passes over the training data. [30]
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Wall-clock budget for the whole run, evaluations included, e.g. 1h, 45m, 1h30m, 900s:
+    /// after the first steps the schedule (warm-up and decay) is planned to end within it. [none]
+    #[arg(long, value_parser = parse_duration)]
+    pub max_time: Option<f64>,
+    /// Segments per optimiser step (gradients accumulated). [sener: 4; paper: 16]
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Segments per forward pass; batch size must be a multiple of it. [2]
+    #[arg(long)]
+    pub micro_batch: Option<usize>,
+    /// Learning rate of the encoder side (LoRA A/B and the q/v biases; every encoder weight
+    /// with --finetune full). [sener: 1e-3; paper: 4e-4]
+    #[arg(long)]
+    pub lr_encoder: Option<f64>,
+    /// Learning rate of the new layers (biaffine, BiSPA, head). [sener: 3e-3; paper: 7e-4]
+    #[arg(long)]
+    pub lr_new: Option<f64>,
+    /// Segment length in subword tokens, [CLS]/[SEP] included. [sener: 512; paper: 5120]
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    /// Stop after this many optimiser steps (the schedule is planned for them). [none]
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Seed of the initialisation, batch order, masking and dropout. [42]
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Whole-word masking: share of subwords replaced per segment (0: off). [0.15]
+    #[arg(long)]
+    pub wwm: Option<f64>,
+    /// Stop after this many epochs without a better dev F1. [10]
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// Arrow-attention window (tokens, one side). [128]
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// Span window w′ (words, one side; spans of up to w′+1 words). [128]
+    #[arg(long)]
+    pub span_window: Option<usize>,
+    /// Number of BiSPA blocks (0 = the "w/o BiSPA" ablation). [2]
+    #[arg(long)]
+    pub cnn_depth: Option<usize>,
+    /// Plain sliding-window attention (the "w SWA" ablation). [off]
+    #[arg(long)]
+    pub no_global_cls: bool,
+    /// Start the head's per-type bias at the training data's prior log-odds (a deviation from the
+    /// official initialisation). [sener: on; paper: off]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub prior_bias: Option<bool>,
+    /// Weight of the positive cells in the BCE loss (1: the paper's unweighted sum). [1]
+    #[arg(long)]
+    pub pos_weight: Option<f64>,
+    /// Choose per-type decision thresholds on the dev/held-out data after every evaluation; the
+    /// model keeps them. [sener: on; paper: off]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub calibrate: Option<bool>,
+    /// Recompute activations in the backward pass instead of keeping them: auto (micro-batches of
+    /// 2,048 tokens or more), always or never. Costs about one more forward pass; cuts a 5,120-token
+    /// step's memory several-fold. [auto]
+    #[arg(long)]
+    pub recompute: Option<Recompute>,
+    /// What of the encoder to train: lora (adapters on Q and V and their biases, the paper's
+    /// recipe) or full (every encoder weight at --lr-encoder; the model then carries its own
+    /// encoder folder). [lora]
+    #[arg(long)]
+    pub finetune: Option<Finetune>,
+    /// Labels in logit order, comma-separated. [sorted labels of the training data]
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Option<Vec<String>>,
+    /// Continue an interrupted run from `<output>.resume/` (same configuration); an error when
+    /// there is no checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Write the resume checkpoint every N optimiser steps (and after every epoch). [50]
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Licence id for the model card's Hub front matter (mit, apache-2.0, cc-by-4.0, …). [other]
+    #[arg(long)]
+    pub license: Option<String>,
+    /// JSON-lines metrics log. [OUTPUT/../<name>.metrics.jsonl]
+    #[arg(long)]
+    pub metrics_log: Option<PathBuf>,
+    /// cpu or cuda[:N] (needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
 
-pub fn config_from(a: &TrainArgs) -> Result<TrainConfig> {
-    let mut c: TrainConfig = match &a.config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            toml::from_str(&text).with_context(|| format!("{}: invalid training config", p.display()))?
+/// `1h`, `45m`, `1h30m`, `90s`, `2h5m10s` or plain seconds → seconds.
+pub fn parse_duration(s: &str) -> std::result::Result<f64, String> {
+    let bad = || format!("`{s}` is not a duration such as 1h, 45m, 1h30m or 900s");
+    if let Ok(v) = s.parse::<f64>() {
+        return if v > 0.0 && v.is_finite() { Ok(v) } else { Err(bad()) };
+    }
+    let (mut total, mut num) = (0.0, String::new());
+    for c in s.chars() {
+        match c {
+            '0'..='9' | '.' => num.push(c),
+            'h' | 'm' | 's' => {
+                let v: f64 = num.parse().map_err(|_| bad())?;
+                total += v * match c {
+                    'h' => 3600.0,
+                    'm' => 60.0,
+                    _ => 1.0,
+                };
+                num.clear();
+            }
+            _ => return Err(bad()),
         }
-        None => TrainConfig::default(),
+    }
+    if !num.is_empty() || total <= 0.0 {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+/// Reads a TOML or JSON config file into a JSON value (by extension; `.json` is JSON).
+fn read_config_file(p: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    if p.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))
+    } else {
+        let v: toml::Value = toml::from_str(&text).with_context(|| format!("{}: invalid TOML", p.display()))?;
+        serde_json::to_value(v).with_context(|| format!("{}: invalid training config", p.display()))
+    }
+}
+
+/// `over` merged into `base`, objects key by key.
+fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+/// The run's config: the recipe's defaults, then the config file, then the flags.
+pub fn config_from(a: &TrainArgs) -> Result<TrainConfig> {
+    let file = a.config.as_deref().map(read_config_file).transpose()?;
+    let recipe = match (a.recipe, file.as_ref().and_then(|f| f.get("recipe"))) {
+        (Some(r), _) => r,
+        (None, Some(v)) => serde_json::from_value(v.clone()).context("--config: recipe")?,
+        (None, None) => Recipe::default(),
     };
+    let mut value = serde_json::to_value(TrainConfig::for_recipe(recipe))?;
+    if let Some(f) = file {
+        merge(&mut value, f);
+    }
+    value["recipe"] = serde_json::to_value(recipe)?;
+    let where_ = a.config.as_ref().map_or("defaults".to_string(), |p| p.display().to_string());
+    let mut c: TrainConfig = serde_json::from_value(value).with_context(|| format!("{where_}: invalid training config"))?;
     macro_rules! set {
         ($($field:ident),*) => { $( if let Some(v) = a.$field.clone() { c.$field = v; } )* };
     }
-    set!(train, base, output, epochs, batch_size, micro_batch, lr_encoder, lr_new, max_len, seed, wwm, patience, checkpoint_every);
+    set!(train, base, output, epochs, batch_size, micro_batch, lr_encoder, lr_new, max_len, seed, wwm, patience, checkpoint_every, format, splitter, holdout, prior_bias, pos_weight, calibrate, recompute, finetune);
     c.resume |= a.resume;
     if a.dev.is_some() {
         c.dev = a.dev.clone();
     }
     if a.max_steps.is_some() {
         c.max_steps = a.max_steps;
+    }
+    if a.max_time.is_some() {
+        c.max_time = a.max_time;
+    }
+    if a.license.is_some() {
+        c.license = a.license.clone();
     }
     if a.labels.is_some() {
         c.labels = a.labels.clone();
@@ -46,16 +245,10 @@ pub fn config_from(a: &TrainArgs) -> Result<TrainConfig> {
     if a.no_global_cls {
         c.arrow.global_cls = false;
     }
-    c.prior_bias |= a.prior_bias;
-    if let Some(r) = a.recompute {
-        c.recompute = r;
-    }
-    if let Some(f) = a.finetune {
-        c.finetune = f;
-    }
     if c.train.as_os_str().is_empty() || c.base.as_os_str().is_empty() {
         bail!("--train and --base are required (flags or the --config file)");
     }
+    c.validate()?;
     Ok(c)
 }
 
@@ -67,7 +260,7 @@ fn resolve_base(c: &mut TrainConfig) -> Result<()> {
     }
     #[cfg(feature = "hub")]
     {
-        let (dir, hub) = crate::hub::fetch_base(&c.base)?;
+        let (dir, hub) = sener::hub::fetch_base(&c.base)?;
         eprintln!("base encoder {} -> {}", c.base.display(), dir.display());
         c.base = dir;
         c.base_hub = Some(hub);

@@ -439,9 +439,9 @@ fn train_prior_bias_starts_near_the_label_prior() {
         let step: serde_json::Value = serde_json::from_str(log.lines().find(|l| l.contains("\"event\":\"step\"")).unwrap()).unwrap();
         (step["loss"].as_f64().unwrap(), log)
     };
-    let (official, log) = first_step("official", &[]);
+    let (official, log) = first_step("official", &["--recipe", "paper"]);
     assert!(!log.contains("prior_bias"));
-    let (prior, log) = first_step("prior", &["--prior-bias"]);
+    let (prior, log) = first_step("prior", &["--recipe", "paper", "--prior-bias"]);
     let ev: serde_json::Value = serde_json::from_str(log.lines().find(|l| l.contains("\"event\":\"prior_bias\"")).unwrap()).unwrap();
     let bias: Vec<f64> = ev["bias"].as_array().unwrap().iter().map(|b| b.as_f64().unwrap()).collect();
     assert_eq!(bias.len(), 1);

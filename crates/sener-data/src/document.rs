@@ -229,36 +229,29 @@ impl Document {
     /// sentences), then splits words further wherever an entity boundary falls inside one, so that
     /// every entity is word-aligned.
     pub fn segment_words_whitespace(&mut self) {
+        self.segment_words(crate::split::Splitter::Whitespace);
+    }
+
+    /// Segments the text into words with `splitter` (replacing any existing words and sentences),
+    /// then splits words further wherever an entity boundary falls inside one, so that every
+    /// entity is word-aligned.
+    pub fn segment_words(&mut self, splitter: crate::split::Splitter) {
         let mut cuts: Vec<usize> = self.entities.iter().flat_map(|e| [e.start, e.end]).collect();
         cuts.sort_unstable();
         cuts.dedup();
         let mut words = Vec::new();
-        let mut cur: Option<usize> = None;
         let mut ci = 0usize;
-        let mut n = 0usize;
-        for (i, c) in self.text.chars().enumerate() {
-            n = i + 1;
-            while ci < cuts.len() && cuts[ci] < i {
+        for w in splitter.split(&self.text) {
+            let mut s = w.start;
+            while ci < cuts.len() && cuts[ci] <= w.start {
                 ci += 1;
             }
-            let at_cut = ci < cuts.len() && cuts[ci] == i;
-            if c.is_whitespace() {
-                if let Some(s) = cur.take() {
-                    words.push(Span::new(s, i));
-                }
-            } else {
-                match cur {
-                    Some(s) if at_cut => {
-                        words.push(Span::new(s, i));
-                        cur = Some(i);
-                    }
-                    Some(_) => {}
-                    None => cur = Some(i),
-                }
+            while ci < cuts.len() && cuts[ci] < w.end {
+                words.push(Span::new(s, cuts[ci]));
+                s = cuts[ci];
+                ci += 1;
             }
-        }
-        if let Some(s) = cur {
-            words.push(Span::new(s, n));
+            words.push(Span::new(s, w.end));
         }
         self.words = Some(words);
         self.sentences = None;
@@ -409,6 +402,18 @@ mod tests {
         let (we, rep) = d.word_entities().unwrap();
         assert!(rep.is_empty());
         assert_eq!((we[0].start, we[0].end), (0, 1));
+    }
+
+    #[test]
+    fn split_words_keep_entity_boundaries() {
+        let mut d = Document::new("d", "Prof. Ng (Stanford), BRCA1-mutant.");
+        d.entities.push(Entity::new(10, 14, "org"));
+        d.entities.push(Entity::new(21, 26, "gene"));
+        d.segment_words(crate::split::Splitter::Treebank);
+        assert_eq!(d.word_strs().unwrap(), vec!["Prof.", "Ng", "(", "Stan", "ford", ")", ",", "BRCA1", "-mutant", "."]);
+        let (we, rep) = d.word_entities().unwrap();
+        assert!(rep.is_empty());
+        assert_eq!((we[0].start, we[0].end, we[1].start, we[1].end), (3, 4, 7, 8));
     }
 
     #[test]

@@ -36,11 +36,14 @@
 
 pub mod align;
 pub mod batch;
+pub mod detok;
 pub mod document;
 pub mod error;
+pub mod holdout;
 pub mod readers;
 pub mod report;
 pub mod segment;
+pub mod split;
 pub mod spm;
 pub mod stats;
 pub mod writers;

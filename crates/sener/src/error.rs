@@ -40,6 +40,10 @@ pub enum Error {
     /// Invalid input from the caller (ids out of range, empty batch, bad option values, ...).
     #[error("invalid input: {0}")]
     Input(String),
+
+    /// A model or encoder could not be fetched from the Hugging Face Hub.
+    #[error("{0}")]
+    Hub(String),
 }
 
 /// Result alias used throughout the library.

@@ -10,7 +10,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The text is split into words at whitespace (each word keeps its character span), each word is
+//! The text is split into words with the model's splitter (the convention of its training words,
+//! `sener.json` `splitter`; each word keeps its character span), each word is
 //! tokenized alone as the official code does, the document is cut into segments of at most the
 //! model's maximum length (optionally overlapping), every segment runs through the model, spans
 //! are decoded per segment and merged across segments, and word spans are mapped back to the
@@ -49,7 +50,7 @@ pub struct Entity {
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Extraction {
     pub entities: Vec<Entity>,
-    /// Whitespace-separated words in the text.
+    /// Words in the text, as the model's splitter cut them.
     pub words: usize,
     /// Model segments the text needed.
     pub segments: usize,
@@ -91,13 +92,15 @@ impl Extractor {
         let base = model.config.base_dir(dir);
         let tok = WordTokenizer::from_path(&base).map_err(|e| Error::Tokenizer { path: base.clone(), message: e.to_string() })?;
         let special = *tok.special();
-        Ok(Self { model, tokenizer: tok, special, options: ExtractOptions::default() })
+        let mut options = ExtractOptions::default();
+        options.decode.threshold = model.config.threshold();
+        Ok(Self { model, tokenizer: tok, special, options })
     }
 
     /// Entities of one text (empty or whitespace-only text gives none).
     pub fn extract(&mut self, text: &str) -> Result<Extraction> {
         let mut doc = Document::new("input", text);
-        doc.segment_words_whitespace();
+        doc.segment_words(self.model.config.splitter);
         let words = doc.word_count();
         if words == 0 {
             return Ok(Extraction { entities: Vec::new(), words: 0, segments: 0 });

@@ -28,6 +28,8 @@ pub use sener_data as data;
 pub mod decode;
 pub mod encoder;
 pub mod extract;
+#[cfg(feature = "hub")]
+pub mod hub;
 pub mod error;
 pub mod mem;
 pub mod metric;

@@ -56,6 +56,18 @@ pub struct Prf {
     pub fn_: usize,
 }
 
+impl MetricResult {
+    /// Macro average over the types that occur in the gold: the mean of their P, R and F1
+    /// (counts summed).
+    pub fn macro_avg(&self) -> Prf {
+        let types: Vec<&Prf> = self.per_type.values().filter(|p| p.gold > 0).collect();
+        let n = types.len().max(1) as f64;
+        let mean = |f: fn(&Prf) -> f64| types.iter().map(|p| f(p)).sum::<f64>() / n;
+        let (gold, pred, tp) = types.iter().fold((0, 0, 0), |a, p| (a.0 + p.gold, a.1 + p.pred, a.2 + p.tp));
+        Prf { precision: mean(|p| p.precision), recall: mean(|p| p.recall), f1: mean(|p| p.f1), gold, pred, tp, fp: pred - tp, fn_: gold - tp }
+    }
+}
+
 impl Prf {
     /// Builds the numbers from `gold`, `pred` and `tp` counts (`tp <= gold`, `tp <= pred`).
     pub fn from_counts(gold: usize, pred: usize, tp: usize) -> Prf {
@@ -199,11 +211,22 @@ impl Scorer {
         gold: &[(usize, usize, S)],
         pred: &[(usize, usize, S)],
     ) -> Result<(), MetricError> {
+        self.add_with_len(gold, pred, |s, e| e - s + 1)
+    }
+
+    /// [`Scorer::add`] for spans in other units (e.g. characters, inclusive ends): `len(s, e)`
+    /// gives a span's length in words, for the length buckets and the unreachable count.
+    pub fn add_with_len<S: AsRef<str>>(
+        &mut self,
+        gold: &[(usize, usize, S)],
+        pred: &[(usize, usize, S)],
+        len: impl Fn(usize, usize) -> usize,
+    ) -> Result<(), MetricError> {
         let gold = to_set(gold, true)?;
         let pred = to_set(pred, false)?;
         self.documents += 1;
         for &(s, e, t) in &gold {
-            let len = e - s + 1;
+            let len = len(s, e);
             let hit = pred.contains(&(s, e, t));
             let c = self.per_type.entry(t.to_string()).or_default();
             c.gold += 1;
@@ -221,7 +244,7 @@ impl Scorer {
         for &(s, e, t) in &pred {
             self.per_type.entry(t.to_string()).or_default().pred += 1;
             self.micro.pred += 1;
-            self.by_length[length_bucket(e - s + 1)].pred += 1;
+            self.by_length[length_bucket(len(s, e))].pred += 1;
         }
         Ok(())
     }

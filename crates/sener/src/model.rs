@@ -17,6 +17,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 
 use sener_data::segment::Segment;
+use sener_data::split::Splitter;
 
 use crate::decode::{decode_segment, DecodeOptions, Span};
 use crate::encoder::{ArrowConfig, Encoder, EncoderOptions, LoraConfig};
@@ -59,6 +60,16 @@ pub struct SenerConfig {
     /// Segment length in subword tokens, [CLS]/[SEP] included.
     #[serde(default = "default_max_len")]
     pub max_len: usize,
+    /// How raw text is cut into words: the convention of the words the model was trained on
+    /// (`sener train` measures it on the training data). Folders written before it existed
+    /// split at whitespace.
+    #[serde(default)]
+    pub splitter: Splitter,
+    /// Per-type decision thresholds (logit order), calibrated on held-out data by `sener train`;
+    /// absent: the official 0.5 for every type. An explicit threshold (`--threshold`, a
+    /// request's `threshold`) replaces them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresholds: Option<Vec<f32>>,
 }
 
 fn default_max_len() -> usize {
@@ -118,10 +129,7 @@ pub struct Sener {
 impl Sener {
     /// Loads a model folder (see the module docs). LoRA is merged for inference.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let cfg_path = dir.join("sener.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-        let config: SenerConfig =
-            serde_json::from_str(&text).map_err(|e| Error::Json { path: cfg_path.clone(), message: e.to_string() })?;
+        let config = SenerConfig::read(dir)?;
         let base = config.base_dir(dir);
         if let Some(want) = &config.base.sha256 {
             let files = crate::weights::WeightFiles::find(&base)?;
@@ -213,6 +221,24 @@ impl Sener {
 }
 
 impl SenerConfig {
+    /// Reads `sener.json` of a model folder.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let cfg_path = dir.join("sener.json");
+        if !dir.is_dir() {
+            return Err(Error::model(dir, "no such model folder"));
+        }
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::Json { path: cfg_path.clone(), message: e.to_string() })
+    }
+
+    /// The model's own decision threshold: its calibrated per-type thresholds, else 0.5.
+    pub fn threshold(&self) -> crate::decode::Threshold {
+        match &self.thresholds {
+            Some(t) => crate::decode::Threshold::PerType(t.clone()),
+            None => crate::decode::Threshold::Global(crate::decode::DEFAULT_THRESHOLD),
+        }
+    }
+
     /// The base encoder folder: the path as written (relative paths against the model folder),
     /// else a folder of the same name in the sener cache ([`cache_dir`]), where
     /// `tools/setup-minilm.sh` puts the encoder a shipped model names. The first one that exists;

@@ -23,6 +23,18 @@ use crate::span::SpanConfig;
 use crate::{Error, Result};
 
 /// Label orders of the official tasks (`ent2id` of the official `predict.py`).
+/// The word splitter that reproduces a task's released data (`sener stats --splitters`):
+/// Scholar-XL treebank, SciREX infix, Profiling-07 punct.
+pub fn task_splitter(task: &str) -> Option<sener_data::split::Splitter> {
+    use sener_data::split::Splitter;
+    match task {
+        "scholar-xl" => Some(Splitter::Treebank),
+        "scirex" | "SciREX" => Some(Splitter::Infix),
+        "profiling-07" => Some(Splitter::Punct),
+        _ => None,
+    }
+}
+
 pub fn task_labels(task: &str) -> Option<Vec<String>> {
     let v: &[&str] = match task {
         "scholar-xl" => &[
@@ -60,6 +72,8 @@ pub struct ImportOptions {
     pub lora_alpha: f64,
     pub arrow: ArrowConfig,
     pub max_len: usize,
+    /// How the checkpoint's training data cut raw text into words ([`task_splitter`]).
+    pub splitter: sener_data::split::Splitter,
 }
 
 fn strip(k: &str) -> &str {
@@ -188,6 +202,8 @@ pub fn import(checkpoint: &Path, base: &Path, out: &Path, opts: &ImportOptions) 
         span: opts.span.clone(),
         lora,
         max_len: opts.max_len,
+        splitter: opts.splitter,
+        thresholds: None,
     };
     let cpath = out.join("sener.json");
     let json = serde_json::to_string_pretty(&config).map_err(|e| Error::Json { path: cpath.clone(), message: e.to_string() })?;

@@ -19,6 +19,7 @@ fn tiny_model(dir: &Path) -> PathBuf {
         lora_alpha: 16.0,
         arrow: Default::default(),
         max_len: 5120,
+        splitter: Default::default(),
     };
     import(&fixture("official_tiny.pth"), &fixture("deberta_v3_tiny_tok"), &out, &opts).unwrap();
     out

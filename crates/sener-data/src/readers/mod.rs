@@ -53,6 +53,14 @@ pub enum Format {
 }
 
 impl Format {
+    /// Whether the format gives each document's words (word lists, token columns). Raw-text
+    /// formats (brat, text, and jsonl without `words`) have their words cut by a splitter: the
+    /// readers use whitespace; training and extraction re-cut them with the model's
+    /// [`crate::split::Splitter`].
+    pub fn gives_words(self) -> bool {
+        matches!(self, Format::Sener | Format::Scirex | Format::Conll(_) | Format::Gliner)
+    }
+
     /// The names accepted by [`Format::from_str`](std::str::FromStr).
     pub const NAMES: &'static [&'static str] =
         &["sener", "scirex", "conll", "conll-bio", "conll-iob2", "conll-bioes", "gliner", "brat", "text", "text-lines", "jsonl"];

@@ -54,11 +54,20 @@ pub fn band_labels(gold: &[Vec<GoldSpan>], lens: &[usize], n: usize, band: Band,
 }
 
 /// Σ over valid cells and types of BCE-with-logits, per segment, averaged over the batch:
-/// `max(x, 0) − x·y + log(1 + e^{−|x|})`.
-pub fn bce_loss(logits: &Tensor, labels: &Tensor, valid: &Tensor) -> Result<Tensor> {
+/// `max(x, 0) − x·y + log(1 + e^{−|x|})`; with `pos_weight` ≠ 1 the positive cells' term
+/// `softplus(−x)` is multiplied by it (torch's `BCEWithLogitsLoss(pos_weight=…)`).
+pub fn bce_loss(logits: &Tensor, labels: &Tensor, valid: &Tensor, pos_weight: f64) -> Result<Tensor> {
     let b = logits.dim(0)? as f64;
     let labels = labels.to_dtype(logits.dtype())?;
-    let l = ((logits.relu()? - (logits * &labels)?)? + logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?;
+    // softplus(−|x|) = log(1 + e^{−|x|}); softplus(x) = relu(x) + that; softplus(−x) = softplus(x) − x.
+    let sp_abs = logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
+    let l = if pos_weight == 1.0 {
+        ((logits.relu()? - (logits * &labels)?)? + sp_abs)?
+    } else {
+        let sp_pos = (logits.relu()? + sp_abs)?; // −log(1 − σ(x))
+        let sp_neg = (&sp_pos - logits)?; // −log σ(x)
+        ((sp_neg * labels.affine(pos_weight, 0.0)?)? + (sp_pos * labels.affine(-1.0, 1.0)?)?)?
+    };
     let l = l.broadcast_mul(&valid.unsqueeze(3)?)?;
     Ok((l.sum_all()? / b)?)
 }
@@ -91,8 +100,12 @@ mod tests {
         let logits = Tensor::new(&[[[[0.0f32, 2.0]], [[-1.0, 3.0]]]], &Device::Cpu).unwrap(); // [1,2,1,2]
         let labels = Tensor::new(&[[[[1.0f32, 0.0]], [[1.0, 1.0]]]], &Device::Cpu).unwrap();
         let valid = Tensor::new(&[[[1.0f32], [0.0]]], &Device::Cpu).unwrap(); // second row invalid
-        let l = bce_loss(&logits, &labels, &valid).unwrap().to_scalar::<f32>().unwrap();
+        let l = bce_loss(&logits, &labels, &valid, 1.0).unwrap().to_scalar::<f32>().unwrap();
         let want = (2f64).ln() + (1.0 + 2f64.exp()).ln(); // −log σ(0) − log(1 − σ(2))
         assert!((l as f64 - want).abs() < 1e-5, "{l} vs {want}");
+        // positives weighted by 3: only the first cell is positive
+        let l3 = bce_loss(&logits, &labels, &valid, 3.0).unwrap().to_scalar::<f32>().unwrap();
+        let want3 = 3.0 * (2f64).ln() + (1.0 + 2f64.exp()).ln();
+        assert!((l3 as f64 - want3).abs() < 1e-5, "{l3} vs {want3}");
     }
 }

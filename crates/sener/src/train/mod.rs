@@ -1,5 +1,7 @@
 //! Training: the paper's optimiser and schedule ([`optim`]) and the loop ([`trainer`]).
 
+pub mod calibrate;
+pub mod card;
 pub mod optim;
 pub mod recompute;
 pub mod trainer;

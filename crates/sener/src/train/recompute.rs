@@ -95,11 +95,11 @@ pub struct StepGrads {
 }
 
 /// Forward, `scale ×` BCE loss (spec §6), backward. `labels`: `[B, n, K, R]` band labels.
-pub fn loss_and_grads(model: &Sener, batch: &Batch, labels: &Tensor, scale: f64, ctx: &mut ForwardCtx, recompute: bool) -> Result<StepGrads> {
+pub fn loss_and_grads(model: &Sener, batch: &Batch, labels: &Tensor, scale: f64, pos_weight: f64, ctx: &mut ForwardCtx, recompute: bool) -> Result<StepGrads> {
     let trainable = model.trainable();
     if !recompute {
         let out = model.forward(batch, ctx)?;
-        let loss = (bce_loss(&out.logits, labels, &out.valid)? * scale)?;
+        let loss = (bce_loss(&out.logits, labels, &out.valid, pos_weight)? * scale)?;
         let store = loss.backward()?;
         let mut grads = HashMap::new();
         collect(&store, &trainable, &mut grads)?;
@@ -107,12 +107,12 @@ pub fn loss_and_grads(model: &Sener, batch: &Batch, labels: &Tensor, scale: f64,
     }
     let track = ctx.track;
     ctx.track = false;
-    let r = staged(model, batch, labels, scale, ctx, &trainable);
+    let r = staged(model, batch, labels, scale, pos_weight, ctx, &trainable);
     ctx.track = track;
     r
 }
 
-fn staged(model: &Sener, batch: &Batch, labels: &Tensor, scale: f64, ctx: &mut ForwardCtx, trainable: &[(String, Var)]) -> Result<StepGrads> {
+fn staged(model: &Sener, batch: &Batch, labels: &Tensor, scale: f64, pos_weight: f64, ctx: &mut ForwardCtx, trainable: &[(String, Var)]) -> Result<StepGrads> {
     let (enc, span) = (&model.encoder, &model.span);
     // Under full fine-tuning the embeddings and (DeBERTa) the relative-position table are
     // trainable too: `begin` is then run again with the graph on before the layers are walked
@@ -152,7 +152,7 @@ fn staged(model: &Sener, batch: &Batch, labels: &Tensor, scale: f64, ctx: &mut F
         let s_leaf = Var::from_tensor(&bands[0])?;
         let x_leaf = if depth == 0 { s_leaf.clone() } else { Var::from_tensor(&bands[depth])? };
         let logits = span.head(x_leaf.as_tensor(), s_leaf.as_tensor(), ctx)?;
-        let loss = (bce_loss(&logits, labels, &sshared.valid)? * scale)?;
+        let loss = (bce_loss(&logits, labels, &sshared.valid, pos_weight)? * scale)?;
         let store = loss.backward()?;
         collect(&store, trainable, &mut grads)?;
         let g_x = grad_of(&store, &x_leaf)?;
@@ -290,6 +290,8 @@ mod tests {
             span: span_cfg,
             lora: (!full).then_some(lora),
             max_len: 64,
+            splitter: Default::default(),
+            thresholds: None,
         };
         Sener { config, encoder, span }
     }
@@ -335,8 +337,8 @@ mod tests {
             let (b, labels) = batch(&Device::Cpu);
             let mut c1 = ForwardCtx::train(11);
             let mut c2 = ForwardCtx::train(11);
-            let plain = loss_and_grads(&m, &b, &labels, 0.5, &mut c1, false).unwrap();
-            let staged = loss_and_grads(&m, &b, &labels, 0.5, &mut c2, true).unwrap();
+            let plain = loss_and_grads(&m, &b, &labels, 0.5, 1.0, &mut c1, false).unwrap();
+            let staged = loss_and_grads(&m, &b, &labels, 0.5, 1.0, &mut c2, true).unwrap();
             assert!(c2.track, "the context must come back tracking");
             assert!((plain.loss - staged.loss).abs() <= 1e-5 * plain.loss.abs(), "{} vs {}", plain.loss, staged.loss);
             let names: Vec<String> = m.trainable().into_iter().map(|(n, _)| n).collect();

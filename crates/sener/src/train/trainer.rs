@@ -25,12 +25,14 @@ use sener_data::align::{align, Alignment, SpecialTokens, WordTokenizer};
 use sener_data::batch::{length_batches, whole_word_mask, MaskConfig};
 use sener_data::readers::{self, Format};
 use sener_data::segment::{segment, Segment, SegmentConfig};
+use sener_data::split::{self as words, Splitter, SplitterChoice};
 use sener_data::Document;
 
+use super::calibrate::{calibrate, HeldOut};
+use super::card::CardInfo;
 use super::optim::{linear_schedule, no_decay, AdamW, AdamWConfig, GroupConfig};
-use crate::decode::{merge_segments, DecodeOptions};
+use crate::decode::DecodeOptions;
 use crate::encoder::{ArrowConfig, Encoder, EncoderOptions, LoraConfig};
-use crate::metric::{MetricResult, Scorer};
 use crate::model::{Batch, BaseEncoder, Sener, SenerConfig};
 use crate::nn::ForwardCtx;
 use crate::span::band::Band;
@@ -72,14 +74,63 @@ impl std::str::FromStr for Finetune {
     }
 }
 
-/// Everything a run needs; defaults are the paper's recipe.
+/// A set of defaults for [`TrainConfig`]; every field can still be set on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recipe {
+    /// Tuned for small data and short CPU budgets (see `docs/training.md`): the paper's model
+    /// and optimiser with the head's bias at the data's prior (`prior_bias`), higher learning
+    /// rates (1e-3 encoder side, 3e-3 new layers), effective batch 4, 512-token segments, and
+    /// per-type thresholds calibrated on the held-out part.
+    #[default]
+    Sener,
+    /// The official recipe (spec §8): LR 4e-4 / 7e-4, batch 16, 5,120-token segments, official
+    /// initialisation, threshold 0.5.
+    Paper,
+}
+
+impl Recipe {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Recipe::Sener => "sener",
+            Recipe::Paper => "paper",
+        }
+    }
+}
+
+impl std::str::FromStr for Recipe {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "sener" => Ok(Recipe::Sener),
+            "paper" => Ok(Recipe::Paper),
+            o => Err(format!("recipe must be sener or paper, not `{o}`")),
+        }
+    }
+}
+
+/// Everything a run needs. [`Default`] is the [`Recipe::Sener`] recipe, [`TrainConfig::paper`]
+/// the official one ([`TrainConfig::for_recipe`]).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
-    /// Training data (SeNER JSON lines).
+    /// The recipe the other defaults came from (recorded; changing it after the fact changes
+    /// nothing by itself).
+    pub recipe: Recipe,
+    /// Training data.
     pub train: PathBuf,
-    /// Dev data for per-epoch evaluation (None: the last epoch's model is kept).
+    /// Dev data for per-epoch evaluation, model selection and threshold calibration (None: the
+    /// `holdout` part of the training data, or without one the last epoch's model is kept).
     pub dev: Option<PathBuf>,
+    /// Reader format of `train` and `dev` (`sener`, `scirex`, `conll`, `gliner`, `brat`, `jsonl`,
+    /// …). Formats without their own words are cut into words by `splitter`.
+    pub format: String,
+    /// How raw text is cut into words, recorded in the model (`auto`: the splitter that best
+    /// reproduces the training data's own words; see `sener_data::split`).
+    pub splitter: SplitterChoice,
+    /// Without `dev`: this fraction of the training documents (chosen by a hash of their ids,
+    /// see `sener_data::holdout`) is held out for evaluation and selection instead of trained on.
+    pub holdout: f64,
     /// Base encoder (Hugging Face folder).
     pub base: PathBuf,
     /// `org/name@commit` when `base` is a Hugging Face Hub snapshot (`sener train --base org/name`
@@ -131,13 +182,41 @@ pub struct TrainConfig {
     /// Recompute stage activations in the backward pass instead of keeping the whole graph
     /// (see [`super::recompute`]): `auto` (micro-batches of ≥ 2,048 tokens), `always`, `never`.
     pub recompute: Recompute,
+    /// Weight of the positive cells in the BCE loss (1: the paper's unweighted sum).
+    pub pos_weight: f64,
+    /// Choose per-type decision thresholds on the dev/held-out data after every evaluation
+    /// ([`super::calibrate`]); selection then uses the calibrated F1, and the model keeps them.
+    pub calibrate: bool,
+    /// Wall-clock budget in seconds for the whole run, evaluations included: after the first
+    /// steps the schedule is planned to end within it (fewer steps, the same warm-up share), and
+    /// the run stops at the budget in any case.
+    pub max_time: Option<f64>,
+    /// The licence named in the model card's front matter (a Hub licence id such as `mit`,
+    /// `apache-2.0`, `cc-by-4.0`; default `other`).
+    pub license: Option<String>,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self {
+        Self::for_recipe(Recipe::Sener)
+    }
+}
+
+impl TrainConfig {
+    /// The official recipe (spec §8).
+    pub fn paper() -> Self {
+        Self::for_recipe(Recipe::Paper)
+    }
+
+    /// The defaults of `recipe`.
+    pub fn for_recipe(recipe: Recipe) -> Self {
+        let paper = Self {
+            recipe,
             train: PathBuf::new(),
             dev: None,
+            format: "sener".into(),
+            splitter: SplitterChoice::Auto,
+            holdout: 0.0,
             base: PathBuf::new(),
             base_hub: None,
             output: PathBuf::from("models/sener"),
@@ -163,9 +242,84 @@ impl Default for TrainConfig {
             resume: false,
             prior_bias: false,
             recompute: Recompute::Auto,
+            pos_weight: 1.0,
+            calibrate: false,
+            max_time: None,
+            license: None,
+        };
+        match recipe {
+            Recipe::Paper => paper,
+            Recipe::Sener => Self {
+                prior_bias: true,
+                lr_encoder: 1e-3,
+                lr_new: 3e-3,
+                batch_size: 4,
+                micro_batch: 2,
+                max_len: 512,
+                calibrate: true,
+                holdout: 0.1,
+                ..paper
+            },
         }
     }
+
+    /// Checks every value against its bounds; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, why: String| Err(Error::Input(format!("training config: {field} {why}")));
+        let rate = |field: &str, v: f64| if v.is_finite() && v > 0.0 && v <= 1.0 { Ok(()) } else { bad(field, format!("= {v} must be in (0, 1]")) };
+        rate("lr_encoder", self.lr_encoder)?;
+        rate("lr_new", self.lr_new)?;
+        if !(0.0..=1.0).contains(&self.weight_decay) {
+            return bad("weight_decay", format!("= {} must be in [0, 1]", self.weight_decay));
+        }
+        if !(0.0..1.0).contains(&self.warmup) {
+            return bad("warmup", format!("= {} must be in [0, 1)", self.warmup));
+        }
+        if !(self.clip_norm > 0.0 && self.clip_norm.is_finite()) {
+            return bad("clip_norm", format!("= {} must be positive", self.clip_norm));
+        }
+        if self.micro_batch == 0 || self.batch_size == 0 || self.batch_size % self.micro_batch != 0 || self.batch_size > 4096 {
+            return bad("batch_size", format!("{} must be a positive multiple of micro_batch {} (at most 4096)", self.batch_size, self.micro_batch));
+        }
+        if self.epochs == 0 || self.epochs > 100_000 {
+            return bad("epochs", format!("= {} must be in 1..=100000", self.epochs));
+        }
+        if !(0.0..0.5).contains(&self.wwm) {
+            return bad("wwm", format!("= {} must be in [0, 0.5)", self.wwm));
+        }
+        if !(8..=1 << 20).contains(&self.max_len) {
+            return bad("max_len", format!("= {} must be in 8..=1048576 tokens", self.max_len));
+        }
+        if !(0.0..0.9).contains(&self.holdout) {
+            return bad("holdout", format!("= {} must be in [0, 0.9)", self.holdout));
+        }
+        if !(self.pos_weight > 0.0 && self.pos_weight <= 1e6) {
+            return bad("pos_weight", format!("= {} must be in (0, 1e6]", self.pos_weight));
+        }
+        if let Some(t) = self.max_time {
+            if !(t > 0.0 && t.is_finite()) {
+                return bad("max_time", format!("= {t} must be a positive number of seconds"));
+            }
+        }
+        if self.max_steps == Some(0) {
+            return bad("max_steps", "must be at least 1".into());
+        }
+        if self.format.parse::<Format>().is_err() {
+            return bad("format", format!("`{}` is not one of {}", self.format, Format::NAMES.join(", ")));
+        }
+        if self.lora.r == 0 || self.lora.r > 4096 || !(self.lora.alpha > 0.0 && self.lora.alpha.is_finite()) || !(0.0..1.0).contains(&self.lora.dropout) {
+            return bad("lora", format!("r = {} must be in 1..=4096, alpha = {} positive, dropout = {} in [0, 1)", self.lora.r, self.lora.alpha, self.lora.dropout));
+        }
+        if self.arrow.window == 0 {
+            return bad("arrow.window", "must be at least 1".into());
+        }
+        if self.span.window > 4096 || !(0.0..1.0).contains(&self.span.biaffine_dropout) || !(0.0..1.0).contains(&self.span.bispa_dropout) || self.span.cnn_depth > 64 {
+            return bad("span", format!("window {} (≤ 4096), dropouts {} and {} (in [0, 1)), cnn_depth {} (≤ 64)", self.span.window, self.span.biaffine_dropout, self.span.bispa_dropout, self.span.cnn_depth));
+        }
+        self.span.validate()
+    }
 }
+
 
 /// One training segment with its labels.
 struct Example {
@@ -208,9 +362,46 @@ fn prior_log_odds(split: &Split, band: Band, labels: usize) -> Vec<f64> {
         .collect()
 }
 
-/// Reads a SeNER JSON-lines file.
-fn read_docs(path: &Path) -> Result<Vec<Document>> {
-    Ok(readers::read_path(Format::Sener, path).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?.documents)
+/// Reads `path` in `format`; what the reader dropped or adjusted goes to the metrics log.
+fn read_docs(path: &Path, format: Format, log: &mut dyn Write) -> Result<Vec<Document>> {
+    let read = readers::read_path(format, path).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+    if !read.report.is_empty() {
+        let counts: serde_json::Map<String, serde_json::Value> =
+            read.report.counts().iter().map(|(issue, n)| (issue.describe().to_string(), (*n).into())).collect();
+        writeln!(log, "{}", serde_json::json!({"event": "read_report", "path": path, "counts": counts})).map_err(|e| Error::io("metrics log", e))?;
+    }
+    Ok(read.documents)
+}
+
+/// The splitter a run records, and (for `auto` on data with its own words) every splitter's
+/// agreement with those words.
+fn choose_splitter(choice: SplitterChoice, docs: &[Document], format: Format) -> Result<(Splitter, Vec<(Splitter, words::Agreement)>)> {
+    match choice {
+        SplitterChoice::Use(s) => Ok((s, Vec::new())),
+        SplitterChoice::Auto if format.gives_words() || docs.iter().all(|d| d.words.is_some()) && format == Format::Jsonl => {
+            let natural: Vec<Document> = docs
+                .iter()
+                .filter(|d| d.words.is_some())
+                .map(sener_data::detok::detokenize)
+                .collect::<sener_data::Result<_>>()
+                .map_err(|e| Error::Input(e.to_string()))?;
+            Ok(words::best_for(&natural))
+        }
+        SplitterChoice::Auto => Ok((Splitter::Treebank, Vec::new())),
+    }
+}
+
+/// Cuts the documents of a raw-text format into words with `splitter` (documents of formats
+/// with their own words keep them).
+fn resegment(docs: &mut [Document], format: Format, splitter: Splitter) {
+    if format.gives_words() {
+        return;
+    }
+    for d in docs {
+        if format != Format::Jsonl || d.words.is_none() {
+            d.segment_words(splitter);
+        }
+    }
 }
 
 /// Tokenizes and segments `docs` (read from `path`, named in errors) into labelled examples.
@@ -314,24 +505,31 @@ pub struct TrainReport {
     /// segment boundary): counted, never silently dropped.
     pub unreachable_entities: usize,
     pub train_segments: usize,
+    /// The word splitter recorded in the model.
+    pub splitter: Splitter,
+    /// Documents evaluated after every epoch (dev, or the held-out part).
+    pub dev_documents: usize,
+    /// Per-type thresholds of the saved model (with `calibrate`).
+    pub thresholds: Option<Vec<f32>>,
+    /// The optimiser steps the schedule ran to (planned to fit `max_time` when set).
+    pub planned_steps: usize,
+    /// The run stopped at its time budget.
+    pub time_budget_reached: bool,
 }
 
-/// Evaluates `model` on a split with the official decoding; returns the metric.
-fn evaluate(model: &Sener, split: &Split, labels: &[String], pad: u32) -> Result<MetricResult> {
-    let mut per_doc: Vec<Vec<(usize, Vec<crate::decode::Span>)>> = vec![Vec::new(); split.docs.len()];
+/// Band logits of every segment of a split, with its gold spans, for scoring and calibration.
+fn held_out_logits(model: &Sener, split: &Split, labels: &[String], pad: u32) -> Result<HeldOut> {
+    let mut segments = Vec::with_capacity(split.examples.len());
     for ex in &split.examples {
-        let (_, spans) = model.predict_segment(&ex.seg, pad, &DecodeOptions::default())?;
-        per_doc[ex.doc].push((ex.seg.word_offset, spans));
+        let (logits, _) = model.predict_segment(&ex.seg, pad, &DecodeOptions::default())?;
+        segments.push((ex.doc, ex.seg.word_offset, ex.seg.n_words, logits.flatten_all()?.to_vec1::<f32>()?));
     }
-    let mut scorer = Scorer::new(model.span.config.window);
-    for (d, doc) in split.docs.iter().enumerate() {
+    let mut gold = Vec::with_capacity(split.docs.len());
+    for doc in &split.docs {
         let (we, _) = doc.word_entities().map_err(|e| Error::Input(e.to_string()))?;
-        let gold: Vec<(usize, usize, String)> = we.iter().map(|e| (e.start, e.end - 1, e.label.clone())).collect();
-        let pred: Vec<(usize, usize, String)> =
-            merge_segments(&per_doc[d]).iter().map(|s| (s.start, s.end, labels[s.label].clone())).collect();
-        scorer.add(&gold, &pred).map_err(|e| Error::Input(e.to_string()))?;
+        gold.push(we.iter().map(|e| (e.start, e.end - 1, e.label.clone())).collect());
     }
-    Ok(scorer.result())
+    Ok(HeldOut { segments, gold, labels: labels.to_vec(), window: model.span.config.window })
 }
 
 /// Puts the complete folder `tmp` in place of `dir` without a moment where neither exists:
@@ -365,8 +563,9 @@ fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     dir.with_file_name(name)
 }
 
-/// Writes the model into `dir` atomically (temporary sibling folder, then [`replace_dir`]).
-fn save_atomic(model: &Sener, dir: &Path) -> Result<()> {
+/// Writes the model into `dir` atomically (temporary sibling folder, then [`replace_dir`]), with
+/// its model card (`README.md`) and the run's effective config (`train.json`).
+fn save_atomic(model: &Sener, dir: &Path, card: &super::card::CardInfo) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     let tmp = parent.join(format!(".{}.tmp-{}", dir.file_name().and_then(|s| s.to_str()).unwrap_or("model"), std::process::id()));
@@ -374,6 +573,11 @@ fn save_atomic(model: &Sener, dir: &Path) -> Result<()> {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     model.save(&tmp)?;
+    let readme = tmp.join("README.md");
+    std::fs::write(&readme, super::card::model_card(card)).map_err(|e| Error::io(&readme, e))?;
+    let tj = tmp.join("train.json");
+    let json = serde_json::to_string_pretty(card.train).map_err(|e| Error::Json { path: tj.clone(), message: e.to_string() })?;
+    std::fs::write(&tj, json).map_err(|e| Error::io(&tj, e))?;
     replace_dir(&tmp, dir)
 }
 
@@ -391,6 +595,15 @@ struct ResumeState {
     ctx_rng: (Vec<u8>, String),
     /// The config the run started with (resuming with another one is refused).
     config: serde_json::Value,
+    /// The step count planned for a time budget (`max_time`), once planned.
+    #[serde(default)]
+    planned_total: Option<usize>,
+    /// Seconds the run had taken when this was written (the budget counts them).
+    #[serde(default)]
+    elapsed: f64,
+    /// Thresholds of the best model so far.
+    #[serde(default)]
+    thresholds: Option<Vec<f32>>,
 }
 
 fn rng_state(r: &ChaCha8Rng) -> (Vec<u8>, String) {
@@ -449,12 +662,22 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
     let stop_requested = || stop_flag.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
     let mut interrupted = false;
     let mut tokens = 0usize;
-    if cfg.micro_batch == 0 || cfg.batch_size == 0 || cfg.batch_size % cfg.micro_batch != 0 {
-        return Err(Error::Input(format!("batch_size {} must be a positive multiple of micro_batch {}", cfg.batch_size, cfg.micro_batch)));
-    }
+    cfg.validate()?;
+    let format: Format = cfg.format.parse().map_err(|e: sener_data::DataError| Error::Input(e.to_string()))?;
     let mut tok = WordTokenizer::from_path(&cfg.base).map_err(|e| Error::Tokenizer { path: cfg.base.clone(), message: e.to_string() })?;
     let special = *tok.special();
-    let train_docs = read_docs(&cfg.train)?;
+    let mut train_docs = read_docs(&cfg.train, format, log)?;
+    let (splitter, agreement) = choose_splitter(cfg.splitter, &train_docs, format)?;
+    writeln!(log, "{}", serde_json::json!({"event": "splitter", "choice": cfg.splitter.to_string(), "splitter": splitter,
+        "agreement": agreement.iter().map(|(s, a)| serde_json::json!({"splitter": s, "word_f1": a.f1(), "disagreements_per_1000": a.disagreements_per_1000()})).collect::<Vec<_>>()}))
+        .map_err(|e| Error::io("metrics log", e))?;
+    resegment(&mut train_docs, format, splitter);
+    let (train_docs, held_docs) = if cfg.dev.is_none() { sener_data::holdout::holdout_split(train_docs, cfg.holdout) } else { (train_docs, Vec::new()) };
+    if !held_docs.is_empty() {
+        let ids: Vec<&str> = held_docs.iter().map(|d| d.id.as_str()).collect();
+        writeln!(log, "{}", serde_json::json!({"event": "holdout", "fraction": cfg.holdout, "documents": ids}))
+            .map_err(|e| Error::io("metrics log", e))?;
+    }
     let labels = match &cfg.labels {
         Some(l) => l.clone(),
         None => {
@@ -465,7 +688,15 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
         }
     };
     let train_split = prepare(&cfg.train, train_docs, &mut tok, &special, &labels, cfg)?;
-    let dev_split = cfg.dev.as_ref().map(|p| prepare(p, read_docs(p)?, &mut tok, &special, &labels, cfg)).transpose()?;
+    let dev_split = match &cfg.dev {
+        Some(p) => {
+            let mut docs = read_docs(p, format, log)?;
+            resegment(&mut docs, format, splitter);
+            Some(prepare(p, docs, &mut tok, &special, &labels, cfg)?)
+        }
+        None if !held_docs.is_empty() => Some(prepare(&cfg.train, held_docs, &mut tok, &special, &labels, cfg)?),
+        None => None,
+    };
 
     let opts = EncoderOptions { arrow: cfg.arrow.clone(), dtype: DType::F32, device: device.clone() };
     let encoder = match cfg.finetune {
@@ -486,8 +717,10 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
         span: cfg.span.clone(),
         lora: (cfg.finetune == Finetune::Lora).then(|| cfg.lora.clone()),
         max_len: cfg.max_len,
+        splitter,
+        thresholds: None,
     };
-    let model = Sener { config, encoder, span };
+    let mut model = Sener { config, encoder, span };
     if cfg.prior_bias {
         let bias = prior_log_odds(&train_split, Band::new(cfg.span.window), labels.len());
         for (name, var) in model.span.params() {
@@ -504,8 +737,12 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
 
     // Official step count: (⌊#segments / batch⌋ + 1) · epochs.
     let steps_per_epoch = train_split.examples.len() / cfg.batch_size + 1;
-    let total = cfg.max_steps.unwrap_or(usize::MAX).min(steps_per_epoch * cfg.epochs);
-    let warmup = (cfg.warmup * total as f64).round() as usize;
+    let mut total = cfg.max_steps.unwrap_or(usize::MAX).min(steps_per_epoch * cfg.epochs);
+    let mut warmup = (cfg.warmup * total as f64).round() as usize;
+    // With a time budget the schedule is planned after the first steps have been timed.
+    let mut planned = cfg.max_time.is_none();
+    let mut elapsed_before = 0.0f64;
+    let dev_tokens: usize = dev_split.as_ref().map_or(0, |d| d.examples.iter().map(|e| e.seg.input_ids.len()).sum());
     let band = Band::new(cfg.span.window);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut ctx = ForwardCtx::train(cfg.seed);
@@ -522,6 +759,9 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
     let rdir = resume_dir(cfg);
     let (mut start_epoch, mut start_micro) = (0, 0);
     let found = if cfg.resume { complete_dir(&rdir, &sibling(&rdir, ".tmp"), "state.json") } else { None };
+    if cfg.resume && found.is_none() {
+        return Err(Error::model(&rdir, "resume asked for, but there is no complete resume checkpoint here (start the run without resume)"));
+    }
     if let Some(rdir) = found {
         let sp = rdir.join("state.json");
         let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
@@ -540,13 +780,22 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
         rng = rng_from(&st.mask_rng, &sp)?;
         ctx.set_rng(rng_from(&st.ctx_rng, &sp)?);
         best = st.best;
+        if let Some(t) = st.planned_total {
+            total = t;
+            warmup = (cfg.warmup * total as f64).round() as usize;
+            planned = true;
+        }
+        elapsed_before = st.elapsed;
+        model.config.thresholds = st.thresholds.clone();
         start_epoch = st.epoch;
         start_micro = st.next_micro;
         writeln!(log, "{}", serde_json::json!({"event": "resume", "epoch": st.epoch, "next_micro": st.next_micro, "step": st.step}))
             .map_err(|e| Error::io("metrics log", e))?;
     }
     let key = resume_key(cfg);
-    let snapshot = |epoch: usize, next_micro: usize, step: usize, best: Option<(usize, f64)>, rng: &ChaCha8Rng, ctx: &ForwardCtx| ResumeState {
+    let elapsed = |t0: &Instant| elapsed_before + t0.elapsed().as_secs_f64();
+    #[allow(clippy::too_many_arguments)]
+    let snapshot = |epoch: usize, next_micro: usize, step: usize, best: Option<(usize, f64)>, rng: &ChaCha8Rng, ctx: &ForwardCtx, planned_total: Option<usize>, thresholds: Option<Vec<f32>>| ResumeState {
         epoch,
         next_micro,
         step,
@@ -554,7 +803,14 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
         mask_rng: rng_state(rng),
         ctx_rng: rng_state(ctx.rng()),
         config: key.clone(),
+        planned_total,
+        elapsed: elapsed(&t0),
+        thresholds,
     };
+    let mut steps_timed: Vec<f64> = Vec::new();
+    let mut last_step_end = Instant::now();
+    let mut eval_seconds: Option<f64> = None;
+    let mut budget_hit = false;
     'epochs: for epoch in start_epoch..cfg.epochs {
         epochs_run = epoch + 1;
         let lengths: Vec<usize> = train_split.examples.iter().map(|e| e.seg.input_ids.len()).collect();
@@ -583,7 +839,7 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
             let lab = band_labels(&gold, &batch.words, n, band, labels.len(), device)?;
             // Mean over the effective batch: each micro-batch loss (mean over its rows) / accum.
             let recompute = cfg.recompute.applies(batch.ids.elem_count());
-            let step = loss_and_grads(&model, &batch, &lab.labels, 1.0 / accum as f64, &mut ctx, recompute)?;
+            let step = loss_and_grads(&model, &batch, &lab.labels, 1.0 / accum as f64, cfg.pos_weight, &mut ctx, recompute)?;
             acc_loss += step.loss;
             for (name, g) in step.grads {
                 let sum = match acc.remove(&name) {
@@ -597,22 +853,55 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
                 let factor = linear_schedule(opt.step, warmup, total);
                 let info = opt.step_with(|name, _| acc.get(name).cloned(), factor)?;
                 last_loss = acc_loss;
+                steps_timed.push(last_step_end.elapsed().as_secs_f64());
+                last_step_end = Instant::now();
+                if !planned && steps_timed.len() >= 3 {
+                    // Plan the schedule to end within the budget: the median of the timed steps
+                    // (the first one allocates everything), and one forward per dev segment per
+                    // epoch at a third of a training step's cost per token.
+                    let budget = cfg.max_time.unwrap_or(f64::INFINITY);
+                    let mut t = steps_timed[1..].to_vec();
+                    t.sort_by(f64::total_cmp);
+                    let per_step = t[t.len() / 2];
+                    let tokens_per_step = tokens as f64 / opt.step.max(1) as f64;
+                    let eval_cost = dev_tokens as f64 / tokens_per_step.max(1.0) * per_step / 3.0;
+                    let left = budget - elapsed(&t0);
+                    let fit = |n: usize| n as f64 * per_step + (n.div_ceil(steps_per_epoch) as f64) * eval_cost;
+                    let mut n = 0usize;
+                    while opt.step + n < total && fit(n + 1) <= left {
+                        n += 1;
+                    }
+                    total = opt.step + n;
+                    eval_seconds = eval_seconds.or(Some(eval_cost));
+                    warmup = (cfg.warmup * total as f64).round() as usize;
+                    planned = true;
+                    writeln!(log, "{}", serde_json::json!({"event": "planned", "budget_seconds": budget, "seconds_per_step": per_step,
+                        "eval_seconds_estimate": eval_cost, "total_steps": total, "warmup_steps": warmup}))
+                        .map_err(|e| Error::io("metrics log", e))?;
+                }
                 let line = serde_json::json!({"event": "step", "epoch": epoch, "step": opt.step, "loss": acc_loss,
                     "grad_norm": info.grad_norm, "lr_new": cfg.lr_new * factor, "lr_encoder": cfg.lr_encoder * factor,
-                    "seconds": t0.elapsed().as_secs_f64(), "tokens": tokens,
+                    "seconds": elapsed(&t0), "tokens": tokens,
                     "peak_rss_mib": crate::mem::peak_rss().map(|b| b as f64 / (1 << 20) as f64)});
                 writeln!(log, "{line}").map_err(|e| Error::io("metrics log", e))?;
                 acc.clear();
                 acc_loss = 0.0;
                 in_acc = 0;
+                let plan = planned.then_some(total).filter(|_| cfg.max_time.is_some());
                 if cfg.checkpoint_every > 0 && opt.step % cfg.checkpoint_every == 0 {
-                    save_resume(&rdir, &model, &opt, &snapshot(epoch, mi + 1, opt.step, best, &rng, &ctx))?;
+                    save_resume(&rdir, &model, &opt, &snapshot(epoch, mi + 1, opt.step, best, &rng, &ctx, plan, model.config.thresholds.clone()))?;
                 }
                 if opt.step >= total {
                     break 'epochs;
                 }
+                if cfg.max_time.is_some_and(|b| elapsed(&t0) + steps_timed.last().copied().unwrap_or(0.0) + eval_seconds.unwrap_or(0.0) > b) {
+                    writeln!(log, "{}", serde_json::json!({"event": "time_budget_reached", "epoch": epoch, "step": opt.step, "seconds": elapsed(&t0)}))
+                        .map_err(|e| Error::io("metrics log", e))?;
+                    budget_hit = true;
+                    break;
+                }
                 if stop_requested() {
-                    save_resume(&rdir, &model, &opt, &snapshot(epoch, mi + 1, opt.step, best, &rng, &ctx))?;
+                    save_resume(&rdir, &model, &opt, &snapshot(epoch, mi + 1, opt.step, best, &rng, &ctx, plan, model.config.thresholds.clone()))?;
                     writeln!(log, "{}", serde_json::json!({"event": "interrupted", "epoch": epoch, "step": opt.step}))
                         .map_err(|e| Error::io("metrics log", e))?;
                     interrupted = true;
@@ -634,31 +923,49 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
                 });
             }
         }
+        let plan = planned.then_some(total).filter(|_| cfg.max_time.is_some());
         if let Some(dev) = &dev_split {
-            let m = evaluate(&model, dev, &labels, special.pad)?;
+            let te = Instant::now();
+            let held = held_out_logits(&model, dev, &labels, special.pad)?;
+            let plain = held.score(&DecodeOptions::default())?;
+            let (thresholds, m) = if cfg.calibrate {
+                let (t, m) = calibrate(&held)?;
+                (Some(t), m)
+            } else {
+                (None, plain.clone())
+            };
             let f1 = m.micro.f1;
-            let line = serde_json::json!({"event": "eval", "epoch": epoch, "step": opt.step, "dev": m.micro});
+            eval_seconds = Some(te.elapsed().as_secs_f64());
+            let line = serde_json::json!({"event": "eval", "epoch": epoch, "step": opt.step, "dev": m.micro, "dev_at_0.5": plain.micro,
+                "thresholds": thresholds, "seconds": eval_seconds});
             writeln!(log, "{line}").map_err(|e| Error::io("metrics log", e))?;
             let mut stop = false;
             if best.is_none_or(|(_, b)| f1 > b) {
                 best = Some((epoch, f1));
-                save_atomic(&model, &cfg.output)?;
+                model.config.thresholds = thresholds;
+                let what = if cfg.dev.is_some() { "dev".to_string() } else { format!("held-out {} of {} training documents", dev.docs.len(), dev.docs.len() + train_split.docs.len()) };
+                let card = CardInfo { train: cfg, model: &model.config, dev: Some((&m, what)), steps: opt.step, epoch: Some(epoch), train_documents: train_split.docs.len() };
+                save_atomic(&model, &cfg.output, &card)?;
             } else if best.is_some_and(|(be, _)| epoch - be >= cfg.patience) {
                 stop = true;
             }
-            save_resume(&rdir, &model, &opt, &snapshot(epoch + 1, 0, opt.step, best, &rng, &ctx))?;
-            if stop {
+            save_resume(&rdir, &model, &opt, &snapshot(epoch + 1, 0, opt.step, best, &rng, &ctx, plan, model.config.thresholds.clone()))?;
+            if stop || budget_hit {
                 break;
             }
         } else {
-            save_resume(&rdir, &model, &opt, &snapshot(epoch + 1, 0, opt.step, best, &rng, &ctx))?;
+            save_resume(&rdir, &model, &opt, &snapshot(epoch + 1, 0, opt.step, best, &rng, &ctx, plan, None))?;
+            if budget_hit {
+                break;
+            }
         }
     }
     // Without a dev split (or before its first evaluation) the model folder is written at the end —
     // also after an interrupt, so a stopped run leaves a usable model beside its resume checkpoint
     // (`--resume` continues the schedule and overwrites it).
     if dev_split.is_none() || best.is_none() {
-        save_atomic(&model, &cfg.output)?;
+        let card = CardInfo { train: cfg, model: &model.config, dev: None, steps: opt.step, epoch: None, train_documents: train_split.docs.len() };
+        save_atomic(&model, &cfg.output, &card)?;
         if interrupted {
             writeln!(log, "{}", serde_json::json!({"event": "saved_partial", "step": opt.step, "output": cfg.output}))
                 .map_err(|e| Error::io("metrics log", e))?;
@@ -674,7 +981,12 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
         best_epoch: best.map(|b| b.0),
         best_dev_f1: best.map(|b| b.1),
         final_loss: last_loss,
-        seconds: t0.elapsed().as_secs_f64(),
+        seconds: elapsed(&t0),
+        splitter,
+        dev_documents: dev_split.as_ref().map_or(0, |d| d.docs.len()),
+        thresholds: model.config.thresholds.clone(),
+        planned_steps: total,
+        time_budget_reached: budget_hit,
     })
 }
 
