@@ -381,12 +381,13 @@ pub fn run_train_step(a: BenchTrainStepArgs) -> Result<()> {
     };
     let cuda = a.device.starts_with("cuda");
     println!(
-        "training step (forward + backward + AdamW), {} + {} + span side (w′ 128, c 32, 2 BiSPA, 12 types), batch 1, f32, {}, recompute {}",
+        "training step (forward + backward + AdamW), {} + {} + span side (w′ {}, c 32, 2 BiSPA, 12 types), batch 1, f32, {}, recompute {}",
         a.model,
         match a.finetune {
             Finetune::Lora => "LoRA r8",
             Finetune::Full => "full fine-tuning",
         },
+        a.span_window,
         a.device,
         a.recompute.as_str()
     );
@@ -397,7 +398,8 @@ pub fn run_train_step(a: BenchTrainStepArgs) -> Result<()> {
     for &t in &a.lengths {
         let mut cmd = Command::new(&exe);
         cmd.args(["bench", "train-step-one", "--length", &t.to_string(), "--steps", &a.steps.to_string()])
-            .args(["--model", &a.model, "--device", &a.device, "--recompute", a.recompute.as_str(), "--finetune", a.finetune.as_str()]);
+            .args(["--model", &a.model, "--device", &a.device, "--recompute", a.recompute.as_str(), "--finetune", a.finetune.as_str()])
+            .args(["--span-window", &a.span_window.to_string()]);
         if let Some(d) = &dir {
             cmd.arg("--minilm").arg(d);
         }
@@ -476,12 +478,14 @@ pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
         encoder.add_lora(&recipe.lora, 0)?;
     }
     let labels = 12;
-    let span = SpanModel::init(SpanConfig::default(), encoder.hidden_size(), labels, 0, DType::F32, &dev)?;
+    let span_cfg = SpanConfig { window: a.span_window, ..SpanConfig::default() };
+    span_cfg.validate()?;
+    let span = SpanModel::init(span_cfg.clone(), encoder.hidden_size(), labels, 0, DType::F32, &dev)?;
     let config = SenerConfig {
         base: BaseEncoder { path: dir.clone(), sha256: None, hub: None, finetuned_from: None },
         labels: (0..labels).map(|i| format!("type{i}")).collect(),
         arrow: recipe.arrow.clone(),
-        span: recipe.span.clone(),
+        span: span_cfg,
         lora: (a.finetune == Finetune::Lora).then(|| recipe.lora.clone()),
         max_len: a.length,
         splitter: Default::default(),

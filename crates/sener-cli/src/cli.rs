@@ -405,6 +405,9 @@ pub struct BenchTrainStepArgs {
     /// What of the encoder trains: lora (the paper's recipe) or full (see `sener train`).
     #[arg(long, default_value = "lora")]
     pub finetune: sener::train::trainer::Finetune,
+    /// Span window w′ in words (one side; the band has 2w′+1 columns).
+    #[arg(long, default_value_t = 128)]
+    pub span_window: usize,
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
@@ -425,6 +428,8 @@ pub struct BenchTrainStepOneArgs {
     pub recompute: sener::train::recompute::Recompute,
     #[arg(long, default_value = "lora")]
     pub finetune: sener::train::trainer::Finetune,
+    #[arg(long, default_value_t = 128)]
+    pub span_window: usize,
 }
 
 #[derive(Args, Debug, Clone)]

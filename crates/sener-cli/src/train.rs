@@ -121,6 +121,16 @@ pub struct TrainArgs {
     /// encoder folder). [lora]
     #[arg(long)]
     pub finetune: Option<Finetune>,
+    /// LoRA: the linear layers of every encoder layer that get an adapter, comma-separated:
+    /// query, key, value, attention_output, intermediate, output, or all. [query,value]
+    #[arg(long, value_delimiter = ',')]
+    pub lora_targets: Option<Vec<String>>,
+    /// LoRA rank r. [8]
+    #[arg(long)]
+    pub lora_r: Option<usize>,
+    /// LoRA α (the update is scaled by α / r). [16]
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
     /// Labels in logit order, comma-separated. [sorted labels of the training data]
     #[arg(long, value_delimiter = ',')]
     pub labels: Option<Vec<String>>,
@@ -229,6 +239,15 @@ pub fn config_from(a: &TrainArgs) -> Result<TrainConfig> {
     }
     if a.license.is_some() {
         c.license = a.license.clone();
+    }
+    if let Some(t) = &a.lora_targets {
+        c.lora.targets = if t.iter().any(|x| x == "all") { sener::encoder::lora::TARGETS.iter().map(|s| s.to_string()).collect() } else { t.clone() };
+    }
+    if let Some(r) = a.lora_r {
+        c.lora.r = r;
+    }
+    if let Some(al) = a.lora_alpha {
+        c.lora.alpha = al;
     }
     if a.labels.is_some() {
         c.labels = a.labels.clone();

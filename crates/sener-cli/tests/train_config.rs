@@ -93,14 +93,15 @@ fn the_saved_config_reproduces_the_run() {
 
 /// Without --dev, the sener recipe holds out a fixed part of the training documents (by id hash,
 /// logged), evaluates on it, calibrates the thresholds into `sener.json`, writes a model card with
-/// Hub front matter, and records the splitter it measured.
+/// Hub front matter, and records the splitter it measured. LoRA on every linear layer
+/// (`--lora-targets all`) is saved in PEFT layout and extraction loads it.
 #[test]
 fn held_out_part_card_and_splitter() {
     let dir = tmp("holdout");
     let base = tiny_deberta_base(&dir);
     let data = corpus(&dir, 10);
     let (d, b, out) = (data.display().to_string(), base.display().to_string(), dir.join("m/model").display().to_string());
-    let mut args = vec!["--train", &d, "--base", &b, "--output", &out, "--holdout", "0.2", "--epochs", "2", "--license", "mit"];
+    let mut args = vec!["--train", &d, "--base", &b, "--output", &out, "--holdout", "0.2", "--epochs", "2", "--license", "mit", "--lora-targets", "all"];
     args.extend(SMALL);
     let o = train(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -121,6 +122,13 @@ fn held_out_part_card_and_splitter() {
     for want in ["---\nlibrary_name: sener\n", "license: mit\n", "pipeline_tag: token-classification\n", "base_model: \"base\"", "model-index:", "`x`, `y`", "huggingface-cli upload"] {
         assert!(card.contains(want), "model card lacks {want:?}:\n{card}");
     }
+    let adapter = read_json(&dir.join("m/model/adapter/adapter_config.json"));
+    assert_eq!(adapter["target_modules"].as_array().map(Vec::len), Some(6), "{adapter}");
+    assert_eq!(cfg["lora"]["targets"].as_array().map(Vec::len), Some(6));
+    let doc = dir.join("doc.txt");
+    std::fs::write(&doc, "w4 w7 w10 w13 w16").unwrap();
+    let o = sener(&["extract", "--model", &out, doc.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::remove_dir_all(dir).ok();
 }
 

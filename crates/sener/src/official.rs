@@ -182,7 +182,7 @@ pub fn import(checkpoint: &Path, base: &Path, out: &Path, opts: &ImportOptions) 
     let wfile = enc_dir.join("model.safetensors");
     candle_core::safetensors::save(&encoder, &wfile).map_err(|e| Error::model(&wfile, e.to_string()))?;
 
-    let lora = lora_r.map(|r| LoraConfig { r, alpha: opts.lora_alpha, dropout: 0.0, train_bias: true });
+    let lora = lora_r.map(|r| LoraConfig { r, alpha: opts.lora_alpha, dropout: 0.0, train_bias: true, ..LoraConfig::default() });
     if let Some(l) = &lora {
         let adir = out.join("adapter");
         std::fs::create_dir_all(&adir).map_err(|e| Error::io(&adir, e))?;

@@ -98,15 +98,31 @@ fn random_like(t: &Tensor, seed: u64) -> Tensor {
 
 #[test]
 fn lora_trains_only_adapters_and_merges_exactly() {
+    lora_round_trip(&["query", "value"], 2);
+}
+
+/// LoRA on every linear layer of the encoder (query, key, value, attention output,
+/// intermediate, output): the same guarantees.
+#[test]
+fn lora_on_every_linear_layer_trains_and_merges_exactly() {
+    lora_round_trip(&["query", "key", "value", "attention_output", "intermediate", "output"], 6);
+}
+
+fn lora_round_trip(targets: &[&str], per_layer: usize) {
     let mut enc = load("deberta_v3_tiny", ArrowConfig { window: 8, ..ArrowConfig::default() });
     let e = expected("deberta_v3_tiny");
     let before = forward(&enc, &e);
-    let cfg = LoraConfig { r: 4, alpha: 8.0, dropout: 0.1, train_bias: true };
+    let cfg = LoraConfig { r: 4, alpha: 8.0, dropout: 0.1, train_bias: true, targets: targets.iter().map(|t| t.to_string()).collect() };
     enc.add_lora(&cfg, 5).unwrap();
     let vars = enc.trainable();
-    // 2 layers × (query_proj, value_proj) × (A, B, bias)
-    assert_eq!(vars.len(), 12);
+    // 2 layers × targets × (A, B, bias)
+    assert_eq!(vars.len(), 2 * per_layer * 3);
     assert!(vars.iter().any(|(n, _)| n == "encoder.layer.1.attention.self.query_proj.lora_A.weight"));
+    if per_layer == 6 {
+        for n in ["encoder.layer.0.attention.self.key_proj.lora_B.weight", "encoder.layer.1.attention.output.dense.lora_A.weight", "encoder.layer.0.intermediate.dense.bias", "encoder.layer.1.output.dense.lora_B.weight"] {
+            assert!(vars.iter().any(|(v, _)| v == n), "{n} is trainable");
+        }
+    }
     // B = 0: a fresh adapter does not change the output.
     assert!(max_diff(&forward(&enc, &e), &before, None) < 1e-6);
 
@@ -146,7 +162,7 @@ fn lora_trains_only_adapters_and_merges_exactly() {
     enc.save_adapter(&dir, &cfg).unwrap();
     let mut fresh = load("deberta_v3_tiny", ArrowConfig { window: 8, ..ArrowConfig::default() });
     let report = fresh.load_adapter(&dir, None).unwrap();
-    assert_eq!(report.layers, 4);
+    assert_eq!(report.layers, 2 * per_layer);
     assert!(max_diff(&forward(&fresh, &e), &trained, None) < 1e-6);
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -8,7 +8,7 @@ use candle_nn::VarBuilder;
 use rand::{Rng, SeedableRng};
 use sener::nn::ForwardCtx;
 use sener::span::pooling::WordPooling;
-use sener::span::row_attention::{dropout_keep, RowAttention};
+use sener::span::row_attention::{dropout_keep, dropout_row, RowAttention};
 use sener::span::{SpanConfig, SpanModel};
 
 fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
@@ -70,5 +70,22 @@ fn dropout_path_matches_an_explicit_mask_reference() {
     let gr = (&reference * &w).unwrap().sum_all().unwrap().backward().unwrap();
     for var in [&q, &k, &v] {
         assert!(max_rel(gf.get(var).unwrap(), gr.get(var).unwrap()) < 1e-4);
+    }
+}
+
+/// The row-at-a-time (vectorised) dropout mask makes exactly the per-cell decisions.
+#[test]
+fn dropout_row_equals_dropout_keep() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for _ in 0..200 {
+        let (seed, k) = (rng.random::<u64>(), rng.random_range(1..300usize));
+        let (row, i) = (rng.random_range(0..5000usize), rng.random_range(0..k));
+        let keep = rng.random_range(0.05f32..1.0);
+        let mut out = vec![7f32; k];
+        dropout_row(seed, row, i, k, keep, &mut out);
+        for (j, &o) in out.iter().enumerate() {
+            assert_eq!(o == 1.0, dropout_keep(seed, row, i, j, k, keep), "seed {seed} row {row} i {i} j {j}");
+            assert!(o == 0.0 || o == 1.0);
+        }
     }
 }

@@ -21,7 +21,7 @@ use super::arrow_attention::{arrow_attention, ArrowConfig, ArrowMask};
 use super::block::{extended_position_ids, merge_heads, split_heads, LayerTail};
 use super::lora::{LoraConfig, LoraLinear};
 use super::LayerShared;
-use crate::nn::{embed, mask_to_host, Activation, ForwardCtx, LayerNorm, Linear};
+use crate::nn::{embed, mask_to_host, Activation, ForwardCtx, LayerNorm};
 use crate::{Error, Result};
 
 /// `config.json` of a BERT checkpoint; field names and defaults as in HF `BertConfig`.
@@ -72,7 +72,7 @@ impl BertConfig {
 
 struct Layer {
     query: LoraLinear,
-    key: Linear,
+    key: LoraLinear,
     value: LoraLinear,
     tail: LayerTail,
 }
@@ -105,9 +105,9 @@ impl BertModel {
             let name = |m: &str| format!("encoder.layer.{i}.attention.self.{m}");
             layers.push(Layer {
                 query: LoraLinear::load(svb.pp("query"), &name("query"), hd, hd)?,
-                key: Linear::load(svb.pp("key"), hd, hd, true)?,
+                key: LoraLinear::load(svb.pp("key"), &name("key"), hd, hd)?,
                 value: LoraLinear::load(svb.pp("value"), &name("value"), hd, hd)?,
-                tail: LayerTail::load(&lvb, hd, c.intermediate_size, act, c.layer_norm_eps, c.hidden_dropout_prob)?,
+                tail: LayerTail::load(&lvb, &format!("encoder.layer.{i}"), hd, c.intermediate_size, act, c.layer_norm_eps, c.hidden_dropout_prob)?,
             });
         }
         Ok(Self {
@@ -171,17 +171,27 @@ impl BertModel {
         self.word.dtype()
     }
 
+    /// Every linear layer that can carry an adapter, per layer: query, key, value, attention
+    /// output, intermediate, output.
     pub fn lora_layers_mut(&mut self) -> impl Iterator<Item = &mut LoraLinear> {
-        self.layers.iter_mut().flat_map(|l| [&mut l.query, &mut l.value])
+        self.layers.iter_mut().flat_map(|l| {
+            let [ao, inter, out] = l.tail.lora_layers_mut();
+            [&mut l.query, &mut l.key, &mut l.value, ao, inter, out]
+        })
     }
 
     pub fn lora_layers(&self) -> impl Iterator<Item = &LoraLinear> {
-        self.layers.iter().flat_map(|l| [&l.query, &l.value])
+        self.layers.iter().flat_map(|l| {
+            let [ao, inter, out] = l.tail.lora_layers();
+            [&l.query, &l.key, &l.value, ao, inter, out]
+        })
     }
 
     pub fn add_lora(&mut self, cfg: &LoraConfig, rng: &mut ChaCha8Rng) -> Result<()> {
         for l in self.lora_layers_mut() {
-            l.add_adapter(cfg, rng)?;
+            if cfg.targets_module(l.name()) {
+                l.add_adapter(cfg, rng)?;
+            }
         }
         Ok(())
     }

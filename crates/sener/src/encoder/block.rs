@@ -5,21 +5,23 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
-use crate::nn::{Activation, ForwardCtx, LayerNorm, Linear};
+use super::lora::LoraLinear;
+use crate::nn::{Activation, ForwardCtx, LayerNorm};
 use crate::Result;
 
 /// `LayerNorm(x + dropout(dense(h)))`, HF `*SelfOutput` / `*Output`.
 #[derive(Debug)]
 pub struct ResidualDense {
-    dense: Linear,
+    dense: LoraLinear,
     norm: LayerNorm,
     dropout: f32,
 }
 
 impl ResidualDense {
-    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, eps: f64, dropout: f32) -> Result<Self> {
+    /// `name`: the checkpoint name of the module (`encoder.layer.3.output`).
+    pub fn load(vb: VarBuilder, name: &str, in_dim: usize, out_dim: usize, eps: f64, dropout: f32) -> Result<Self> {
         Ok(Self {
-            dense: Linear::load(vb.pp("dense"), in_dim, out_dim, true)?,
+            dense: LoraLinear::load(vb.pp("dense"), &format!("{name}.dense"), in_dim, out_dim)?,
             norm: LayerNorm::load(vb.pp("LayerNorm"), out_dim, eps)?,
             dropout,
         })
@@ -36,20 +38,29 @@ impl ResidualDense {
 #[derive(Debug)]
 pub struct LayerTail {
     attention_output: ResidualDense,
-    intermediate: Linear,
+    intermediate: LoraLinear,
     activation: Activation,
     output: ResidualDense,
 }
 
 impl LayerTail {
-    /// `vb` is the layer's root (`encoder.layer.{i}`).
-    pub fn load(vb: &VarBuilder, hidden: usize, inter: usize, act: Activation, eps: f64, dropout: f32) -> Result<Self> {
+    /// `vb` is the layer's root (`encoder.layer.{i}`), `name` its checkpoint name.
+    pub fn load(vb: &VarBuilder, name: &str, hidden: usize, inter: usize, act: Activation, eps: f64, dropout: f32) -> Result<Self> {
         Ok(Self {
-            attention_output: ResidualDense::load(vb.pp("attention").pp("output"), hidden, hidden, eps, dropout)?,
-            intermediate: Linear::load(vb.pp("intermediate").pp("dense"), hidden, inter, true)?,
+            attention_output: ResidualDense::load(vb.pp("attention").pp("output"), &format!("{name}.attention.output"), hidden, hidden, eps, dropout)?,
+            intermediate: LoraLinear::load(vb.pp("intermediate").pp("dense"), &format!("{name}.intermediate.dense"), hidden, inter)?,
             activation: act,
-            output: ResidualDense::load(vb.pp("output"), inter, hidden, eps, dropout)?,
+            output: ResidualDense::load(vb.pp("output"), &format!("{name}.output"), inter, hidden, eps, dropout)?,
         })
+    }
+
+    /// The linear layers that can carry LoRA adapters: attention output, intermediate, output.
+    pub fn lora_layers_mut(&mut self) -> [&mut LoraLinear; 3] {
+        [&mut self.attention_output.dense, &mut self.intermediate, &mut self.output.dense]
+    }
+
+    pub fn lora_layers(&self) -> [&LoraLinear; 3] {
+        [&self.attention_output.dense, &self.intermediate, &self.output.dense]
     }
 
     /// `attn`: the merged heads of the self-attention, `x`: the layer input.

@@ -184,7 +184,7 @@ impl Embeddings {
 
 struct Attention {
     query: LoraLinear,
-    key: Linear,
+    key: LoraLinear,
     value: LoraLinear,
     pos_key: Option<Linear>,
     pos_query: Option<Linear>,
@@ -224,7 +224,7 @@ impl DebertaV2Model {
             let name = |m: &str| format!("encoder.layer.{i}.attention.self.{m}");
             let attn = Attention {
                 query: LoraLinear::load(svb.pp("query_proj"), &name("query_proj"), hd, hd)?,
-                key: Linear::load(svb.pp("key_proj"), hd, hd, true)?,
+                key: LoraLinear::load(svb.pp("key_proj"), &name("key_proj"), hd, hd)?,
                 value: LoraLinear::load(svb.pp("value_proj"), &name("value_proj"), hd, hd)?,
                 pos_key: if c.relative_attention && !c.share_att_key && c.c2p() {
                     Some(Linear::load(svb.pp("pos_key_proj"), hd, hd, true)?)
@@ -239,7 +239,7 @@ impl DebertaV2Model {
             };
             layers.push(Layer {
                 attn,
-                tail: LayerTail::load(&lvb, hd, c.intermediate_size, act, eps, drop)?,
+                tail: LayerTail::load(&lvb, &format!("encoder.layer.{i}"), hd, c.intermediate_size, act, eps, drop)?,
             });
         }
         let rel_embeddings =
@@ -335,17 +335,27 @@ impl DebertaV2Model {
         self.embeddings.word.dtype()
     }
 
+    /// Every linear layer that can carry an adapter, per layer: query, key, value, attention
+    /// output, intermediate, output.
     pub fn lora_layers_mut(&mut self) -> impl Iterator<Item = &mut LoraLinear> {
-        self.layers.iter_mut().flat_map(|l| [&mut l.attn.query, &mut l.attn.value])
+        self.layers.iter_mut().flat_map(|l| {
+            let [ao, inter, out] = l.tail.lora_layers_mut();
+            [&mut l.attn.query, &mut l.attn.key, &mut l.attn.value, ao, inter, out]
+        })
     }
 
     pub fn lora_layers(&self) -> impl Iterator<Item = &LoraLinear> {
-        self.layers.iter().flat_map(|l| [&l.attn.query, &l.attn.value])
+        self.layers.iter().flat_map(|l| {
+            let [ao, inter, out] = l.tail.lora_layers();
+            [&l.attn.query, &l.attn.key, &l.attn.value, ao, inter, out]
+        })
     }
 
     pub fn add_lora(&mut self, cfg: &LoraConfig, rng: &mut ChaCha8Rng) -> Result<()> {
         for l in self.lora_layers_mut() {
-            l.add_adapter(cfg, rng)?;
+            if cfg.targets_module(l.name()) {
+                l.add_adapter(cfg, rng)?;
+            }
         }
         Ok(())
     }

@@ -10,26 +10,95 @@ use rand_chacha::ChaCha8Rng;
 use crate::nn::ForwardCtx;
 use crate::Result;
 
-/// LoRA hyper-parameters (paper defaults: r 8, α 16, dropout 0).
+/// The linear layers of an encoder layer that can carry an adapter, by their names in
+/// [`LoraConfig::targets`].
+pub const TARGETS: [&str; 6] = ["query", "key", "value", "attention_output", "intermediate", "output"];
+
+/// LoRA hyper-parameters (paper defaults: r 8, α 16, dropout 0, query and value).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LoraConfig {
     pub r: usize,
     pub alpha: f64,
     pub dropout: f32,
     /// Make the biases of the adapted projections trainable (peft `bias="lora_only"`).
     pub train_bias: bool,
+    /// Which linear layers of every encoder layer get an adapter ([`TARGETS`]; the paper: query
+    /// and value). Every one of them keeps a small model folder where full fine-tuning carries
+    /// the whole encoder.
+    pub targets: Vec<String>,
 }
 
 impl Default for LoraConfig {
     fn default() -> Self {
-        Self { r: 8, alpha: 16.0, dropout: 0.0, train_bias: true }
+        Self { r: 8, alpha: 16.0, dropout: 0.0, train_bias: true, targets: vec!["query".into(), "value".into()] }
     }
 }
 
 impl LoraConfig {
     pub fn scale(&self) -> f64 {
         self.alpha / self.r as f64
+    }
+
+    /// Every value within bounds; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(crate::Error::Input(format!("lora: {m}")));
+        if self.r == 0 || self.r > 4096 {
+            return bad(format!("r = {} must be in 1..=4096", self.r));
+        }
+        if !(self.alpha > 0.0 && self.alpha.is_finite()) {
+            return bad(format!("alpha = {} must be positive", self.alpha));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout = {} must be in [0, 1)", self.dropout));
+        }
+        if self.targets.is_empty() {
+            return bad("targets is empty".into());
+        }
+        if let Some(t) = self.targets.iter().find(|t| !TARGETS.contains(&t.as_str())) {
+            return bad(format!("unknown target `{t}` (expected {})", TARGETS.join(", ")));
+        }
+        Ok(())
+    }
+
+    /// Whether the module with checkpoint name `name` (`encoder.layer.3.attention.self.query_proj`)
+    /// is one of the targets.
+    pub fn targets_module(&self, name: &str) -> bool {
+        self.targets.iter().any(|t| target_of(name) == Some(t.as_str()))
+    }
+
+    /// peft's `target_modules` (module-name suffixes) for these targets.
+    pub fn peft_target_modules(&self, deberta: bool) -> Vec<String> {
+        self.targets
+            .iter()
+            .map(|t| {
+                match (t.as_str(), deberta) {
+                    ("query", true) => "query_proj",
+                    ("key", true) => "key_proj",
+                    ("value", true) => "value_proj",
+                    ("attention_output", _) => "attention.output.dense",
+                    ("intermediate", _) => "intermediate.dense",
+                    // peft matches suffixes: this one also names attention.output.dense
+                    ("output", _) => "output.dense",
+                    (other, _) => other,
+                }
+                .to_string()
+            })
+            .collect()
+    }
+}
+
+/// The [`TARGETS`] name of a module, from its checkpoint name.
+pub fn target_of(name: &str) -> Option<&'static str> {
+    let last = name.rsplit('.').next()?;
+    match last {
+        "query" | "query_proj" => Some("query"),
+        "key" | "key_proj" => Some("key"),
+        "value" | "value_proj" => Some("value"),
+        "dense" if name.ends_with("attention.output.dense") => Some("attention_output"),
+        "dense" if name.ends_with("intermediate.dense") => Some("intermediate"),
+        "dense" if name.ends_with(".output.dense") => Some("output"),
+        _ => None,
     }
 }
 
@@ -218,4 +287,37 @@ pub(crate) fn linear(xs: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// Deterministic RNG for adapter initialisation.
 pub fn init_rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_name_the_modules_of_both_families() {
+        for (name, want) in [
+            ("encoder.layer.3.attention.self.query_proj", Some("query")),
+            ("encoder.layer.3.attention.self.query", Some("query")),
+            ("encoder.layer.0.attention.self.key_proj", Some("key")),
+            ("encoder.layer.0.attention.self.value", Some("value")),
+            ("encoder.layer.11.attention.output.dense", Some("attention_output")),
+            ("encoder.layer.2.intermediate.dense", Some("intermediate")),
+            ("encoder.layer.2.output.dense", Some("output")),
+            ("encoder.layer.2.attention.self.pos_key_proj", None),
+            ("embeddings.word_embeddings", None),
+        ] {
+            assert_eq!(target_of(name), want, "{name}");
+        }
+        let cfg = LoraConfig::default();
+        assert!(cfg.targets_module("encoder.layer.1.attention.self.value_proj"));
+        assert!(!cfg.targets_module("encoder.layer.1.attention.self.key_proj"));
+        assert!(cfg.validate().is_ok());
+        let bad = LoraConfig { targets: vec!["ffn".into()], ..LoraConfig::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("unknown target `ffn`"));
+        assert!(LoraConfig { r: 0, ..LoraConfig::default() }.validate().is_err());
+        // Folders written before targets existed read as the paper's query and value.
+        let old: LoraConfig = serde_json::from_str(r#"{"r": 8, "alpha": 16.0, "dropout": 0.0, "train_bias": true}"#).unwrap();
+        assert_eq!(old.targets, ["query", "value"]);
+        assert!(serde_json::from_str::<LoraConfig>(r#"{"r": 8, "rank": 3}"#).is_err());
+    }
 }

@@ -291,11 +291,15 @@ impl Encoder {
         }
     }
 
-    /// Attach fresh LoRA adapters to the query and value projections of every layer.
+    /// Attach fresh LoRA adapters to the layers `cfg.targets` names (the paper: query and value)
+    /// in every layer.
     pub fn add_lora(&mut self, cfg: &LoraConfig, seed: u64) -> Result<()> {
+        cfg.validate()?;
         let mut rng = lora::init_rng(seed);
         for l in self.lora_layers_mut() {
-            l.add_adapter(cfg, &mut rng)?;
+            if cfg.targets_module(l.name()) {
+                l.add_adapter(cfg, &mut rng)?;
+            }
         }
         Ok(())
     }
@@ -366,7 +370,7 @@ impl Encoder {
             return Err(Error::Weight {
                 path: file,
                 name: String::new(),
-                message: "no LoRA tensor matches this encoder's query/value projections".into(),
+                message: "no LoRA tensor matches this encoder's linear layers".into(),
             });
         }
         Ok(report)
@@ -386,10 +390,7 @@ impl Encoder {
             name: String::new(),
             message: e.to_string(),
         })?;
-        let targets: Vec<&str> = match self.kind() {
-            EncoderKind::DebertaV2 => vec!["query_proj", "value_proj"],
-            EncoderKind::Bert => vec!["query", "value"],
-        };
+        let targets = cfg.peft_target_modules(self.kind() == EncoderKind::DebertaV2);
         let config = serde_json::json!({
             "peft_type": "LORA", "r": cfg.r, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
             "target_modules": targets, "bias": if cfg.train_bias { "lora_only" } else { "none" },

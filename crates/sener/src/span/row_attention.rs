@@ -27,6 +27,37 @@ pub fn dropout_keep(seed: u64, row: usize, i: usize, j: usize, k: usize, keep: f
     ((z >> 40) as f32 / (1u64 << 24) as f32) < keep
 }
 
+/// `out[j] = 1.0` where [`dropout_keep`]`(seed, row, i, j, k, keep)`, else `0.0`, for one row of
+/// the K×K weights: the same decisions, computed for a whole row at once so that the 64-bit hash
+/// vectorises (AVX-512 picked at run time).
+pub fn dropout_row(seed: u64, row: usize, i: usize, k: usize, keep: f32, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512dq") {
+        // SAFETY: the CPU has AVX-512F and DQ (checked just above).
+        return unsafe { dropout_row_avx512(seed, row, i, k, keep, out) };
+    }
+    dropout_row_generic(seed, row, i, k, keep, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+unsafe fn dropout_row_avx512(seed: u64, row: usize, i: usize, k: usize, keep: f32, out: &mut [f32]) {
+    dropout_row_generic(seed, row, i, k, keep, out)
+}
+
+#[inline(always)]
+fn dropout_row_generic(seed: u64, row: usize, i: usize, k: usize, keep: f32, out: &mut [f32]) {
+    let base = ((row * k + i) * k) as u64;
+    let limit = keep * (1u64 << 24) as f32;
+    for (j, o) in out.iter_mut().enumerate() {
+        let mut z = seed ^ (base + j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        *o = if ((z >> 40) as f32) < limit { 1.0 } else { 0.0 };
+    }
+}
+
 /// The op: inputs q, k, v `[R, K, c]`; `valid` `[R·K]` (1 = valid key).
 pub struct RowAttention {
     pub valid: std::sync::Arc<Vec<f32>>,
@@ -38,9 +69,10 @@ pub struct RowAttention {
 
 impl RowAttention {
     /// One row's weights: `raw` = scaled scores (kept for the clamp gradient), `p` = softmax,
-    /// `a` = p · valid · dropout / keep. All K×K, row-major; the score product is one gemm.
+    /// `a` = p · valid · dropout / keep, and with dropout `dm` the 0/1 keep mask (for the
+    /// backward pass). All K×K, row-major; the score product is one gemm.
     #[allow(clippy::too_many_arguments)]
-    fn weights(&self, row: usize, q: &[f32], k: &[f32], kk: usize, c: usize, raw: &mut [f32], a: &mut [f32], p: &mut [f32]) {
+    fn weights(&self, row: usize, q: &[f32], k: &[f32], kk: usize, c: usize, raw: &mut [f32], a: &mut [f32], p: &mut [f32], dm: &mut [f32]) {
         let valid = &self.valid[row * kk..(row + 1) * kk];
         let keep = 1.0 - self.dropout;
         // raw = scale · Q Kᵀ
@@ -53,14 +85,20 @@ impl RowAttention {
             let mx = crate::nn::max_lanes(pi);
             let z = crate::nn::exp_sub_sum(pi, mx);
             let inv = 1.0 / z;
-            for j in 0..kk {
-                let pij = pi[j] * inv;
-                pi[j] = pij;
-                let mut w = pij * valid[j];
-                if self.dropout > 0.0 {
-                    w = if dropout_keep(self.seed, row, i, j, kk, keep) { w / keep } else { 0.0 };
+            if self.dropout > 0.0 {
+                let mi = &mut dm[i * kk..][..kk];
+                dropout_row(self.seed, row, i, kk, keep, mi);
+                for j in 0..kk {
+                    let pij = pi[j] * inv;
+                    pi[j] = pij;
+                    ai[j] = (pij * valid[j] / keep) * mi[j];
                 }
-                ai[j] = w;
+            } else {
+                for j in 0..kk {
+                    let pij = pi[j] * inv;
+                    pi[j] = pij;
+                    ai[j] = pij * valid[j];
+                }
             }
         }
     }
@@ -81,13 +119,14 @@ impl RowAttention {
         raw: &mut [f32],
         a: &mut [f32],
         p: &mut [f32],
+        dm: &mut [f32],
         da: &mut [f32],
         dq: &mut [f32],
         dk: &mut [f32],
         dv: &mut [f32],
     ) {
         let keep = 1.0 - self.dropout;
-        self.weights(row, q, k, kk, c, raw, a, p);
+        self.weights(row, q, k, kk, c, raw, a, p, dm);
         let valid = &self.valid[row * kk..(row + 1) * kk];
         // dV = Aᵀ G ; dA = G Vᵀ
         sgemm((kk, c, kk), dv, c, false, (a, 1, kk), (g, c, 1), 1.0);
@@ -96,13 +135,19 @@ impl RowAttention {
         for i in 0..kk {
             let (pi, dai, ri) = (&p[i * kk..][..kk], &mut da[i * kk..][..kk], &raw[i * kk..][..kk]);
             let mut dot = 0f32;
-            for j in 0..kk {
-                let mut dp = dai[j] * valid[j];
-                if self.dropout > 0.0 {
-                    dp = if dropout_keep(self.seed, row, i, j, kk, keep) { dp / keep } else { 0.0 };
+            if self.dropout > 0.0 {
+                let mi = &dm[i * kk..][..kk];
+                for j in 0..kk {
+                    let dp = (dai[j] * valid[j] / keep) * mi[j];
+                    dai[j] = dp;
+                    dot += dp * pi[j];
                 }
-                dai[j] = dp;
-                dot += dp * pi[j];
+            } else {
+                for j in 0..kk {
+                    let dp = dai[j] * valid[j];
+                    dai[j] = dp;
+                    dot += dp * pi[j];
+                }
             }
             for j in 0..kk {
                 dai[j] = if ri[j].abs() >= 1e4 { 0.0 } else { pi[j] * (dai[j] - dot) * self.scale };
@@ -124,10 +169,10 @@ impl RowAttention {
             .zip(dv.par_chunks_mut(n))
             .enumerate()
             .for_each_init(
-                || (vec![0f32; kk * kk], vec![0f32; kk * kk], vec![0f32; kk * kk], vec![0f32; kk * kk]),
-                |(raw, a, p, da), (row, ((dq, dk), dv))| {
+                || (vec![0f32; kk * kk], vec![0f32; kk * kk], vec![0f32; kk * kk], vec![0f32; kk * kk], vec![0f32; kk * kk]),
+                |(raw, a, p, dm, da), (row, ((dq, dk), dv))| {
                     let (q, k, v, g) = (&q[row * n..][..n], &k[row * n..][..n], &v[row * n..][..n], &g[row * n..][..n]);
-                    self.row_backward(row, q, k, v, c, g, kk, c, raw, a, p, da, dq, dk, dv);
+                    self.row_backward(row, q, k, v, c, g, kk, c, raw, a, p, dm, da, dq, dk, dv);
                 },
             );
         (dq, dk, dv)
@@ -148,10 +193,10 @@ impl CustomOp3 for RowAttention {
         let n = kk * c;
         let mut out = vec![0f32; r * n];
         out.par_chunks_mut(n).enumerate().for_each_init(
-            || (vec![0f32; kk * kk], vec![0f32; kk * kk], vec![0f32; kk * kk]),
-            |(raw, a, p), (row, o)| {
+            || (vec![0f32; kk * kk], vec![0f32; kk * kk], vec![0f32; kk * kk], vec![0f32; if self.dropout > 0.0 { kk * kk } else { 0 }]),
+            |(raw, a, p, dm), (row, o)| {
                 let (q, k, v) = (&q[row * n..][..n], &k[row * n..][..n], &v[row * n..][..n]);
-                self.weights(row, q, k, kk, c, raw, a, p);
+                self.weights(row, q, k, kk, c, raw, a, p, dm);
                 sgemm((kk, c, kk), o, c, false, (a, kk, 1), (v, c, 1), 1.0);
             },
         );
@@ -199,6 +244,7 @@ struct RowBufs {
     raw: Vec<f32>,
     a: Vec<f32>,
     pr: Vec<f32>,
+    dm: Vec<f32>,
     da: Vec<f32>,
     dq: Vec<f32>,
     dk: Vec<f32>,
@@ -208,7 +254,7 @@ struct RowBufs {
 impl RowBufs {
     fn new(kk: usize, c: usize) -> Self {
         let v = |n: usize| vec![0f32; n];
-        Self { p: v(kk * 3 * c), q: v(kk * c), k: v(kk * c), raw: v(kk * kk), a: v(kk * kk), pr: v(kk * kk), da: v(kk * kk), dq: v(kk * c), dk: v(kk * c), dv: v(kk * c) }
+        Self { p: v(kk * 3 * c), q: v(kk * c), k: v(kk * c), raw: v(kk * kk), a: v(kk * kk), pr: v(kk * kk), dm: v(kk * kk), da: v(kk * kk), dq: v(kk * c), dk: v(kk * c), dv: v(kk * c) }
     }
 }
 
@@ -276,7 +322,7 @@ impl CustomOp3 for ProjectedRowAttention {
             || RowBufs::new(kk, c),
             |buf, (row, o)| {
                 self.project(&x[row * n..][..n], w, bias, kk, c, buf);
-                self.attn.weights(row, &buf.q, &buf.k, kk, c, &mut buf.raw, &mut buf.a, &mut buf.pr);
+                self.attn.weights(row, &buf.q, &buf.k, kk, c, &mut buf.raw, &mut buf.a, &mut buf.pr, &mut buf.dm);
                 sgemm((kk, c, kk), o, c, false, (&buf.a, kk, 1), (&buf.p[2 * c..], 3 * c, 1), 1.0);
             },
         );
@@ -301,7 +347,7 @@ impl CustomOp3 for ProjectedRowAttention {
                     let xr = &xv[row * n..][..n];
                     self.project(xr, &wv, &bv, kk, c, &mut buf);
                     let v = &buf.p[2 * c..];
-                    self.attn.row_backward(row, &buf.q, &buf.k, v, c3, &gv[row * n..][..n], kk, c, &mut buf.raw, &mut buf.a, &mut buf.pr, &mut buf.da, &mut buf.dq, &mut buf.dk, &mut buf.dv);
+                    self.attn.row_backward(row, &buf.q, &buf.k, v, c3, &gv[row * n..][..n], kk, c, &mut buf.raw, &mut buf.a, &mut buf.pr, &mut buf.dm, &mut buf.da, &mut buf.dq, &mut buf.dk, &mut buf.dv);
                     // dP = [ropeᵀ(dq), ropeᵀ(dk), dv], zero where the clamp saturated.
                     self.rope_t(&buf.dq, &mut dp, c3, kk, c);
                     self.rope_t(&buf.dk, &mut dp[c..], c3, kk, c);

@@ -307,9 +307,7 @@ impl TrainConfig {
         if self.format.parse::<Format>().is_err() {
             return bad("format", format!("`{}` is not one of {}", self.format, Format::NAMES.join(", ")));
         }
-        if self.lora.r == 0 || self.lora.r > 4096 || !(self.lora.alpha > 0.0 && self.lora.alpha.is_finite()) || !(0.0..1.0).contains(&self.lora.dropout) {
-            return bad("lora", format!("r = {} must be in 1..=4096, alpha = {} positive, dropout = {} in [0, 1)", self.lora.r, self.lora.alpha, self.lora.dropout));
-        }
+        self.lora.validate()?;
         if self.arrow.window == 0 {
             return bad("arrow.window", "must be at least 1".into());
         }
@@ -811,7 +809,12 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
     let mut last_step_end = Instant::now();
     let mut eval_seconds: Option<f64> = None;
     let mut budget_hit = false;
+    let mut replan = false;
+    let mut reached_total = opt.step >= total;
     'epochs: for epoch in start_epoch..cfg.epochs {
+        if reached_total {
+            break;
+        }
         epochs_run = epoch + 1;
         let lengths: Vec<usize> = train_split.examples.iter().map(|e| e.seg.input_ids.len()).collect();
         let micro = length_batches(&lengths, cfg.micro_batch, Some(cfg.seed.wrapping_add(epoch as u64)))
@@ -855,20 +858,23 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
                 last_loss = acc_loss;
                 steps_timed.push(last_step_end.elapsed().as_secs_f64());
                 last_step_end = Instant::now();
-                if !planned && steps_timed.len() >= 3 {
+                if cfg.max_time.is_some() && ((!planned && steps_timed.len() >= 3) || replan) {
                     // Plan the schedule to end within the budget: the median of the timed steps
-                    // (the first one allocates everything), and one forward per dev segment per
-                    // epoch at a third of a training step's cost per token.
+                    // (the first one allocates everything; the last 50 after a re-plan), and the
+                    // evaluations, measured, or estimated before the first one at a third of a
+                    // training step's cost per token. Re-planned after every evaluation.
+                    replan = false;
                     let budget = cfg.max_time.unwrap_or(f64::INFINITY);
-                    let mut t = steps_timed[1..].to_vec();
+                    let mut t = steps_timed[1.max(steps_timed.len().saturating_sub(50))..].to_vec();
                     t.sort_by(f64::total_cmp);
                     let per_step = t[t.len() / 2];
-                    let tokens_per_step = tokens as f64 / opt.step.max(1) as f64;
-                    let eval_cost = dev_tokens as f64 / tokens_per_step.max(1.0) * per_step / 3.0;
+                    let tokens_per_step = tokens as f64 / (steps_timed.len().max(1)) as f64;
+                    let eval_cost = eval_seconds.unwrap_or(dev_tokens as f64 / tokens_per_step.max(1.0) * per_step / 3.0);
                     let left = budget - elapsed(&t0);
                     let fit = |n: usize| n as f64 * per_step + (n.div_ceil(steps_per_epoch) as f64) * eval_cost;
                     let mut n = 0usize;
-                    while opt.step + n < total && fit(n + 1) <= left {
+                    let most = steps_per_epoch * cfg.epochs;
+                    while opt.step + n < cfg.max_steps.unwrap_or(usize::MAX).min(most) && fit(n + 1) <= left {
                         n += 1;
                     }
                     total = opt.step + n;
@@ -892,7 +898,8 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
                     save_resume(&rdir, &model, &opt, &snapshot(epoch, mi + 1, opt.step, best, &rng, &ctx, plan, model.config.thresholds.clone()))?;
                 }
                 if opt.step >= total {
-                    break 'epochs;
+                    reached_total = true;
+                    break;
                 }
                 if cfg.max_time.is_some_and(|b| elapsed(&t0) + steps_timed.last().copied().unwrap_or(0.0) + eval_seconds.unwrap_or(0.0) > b) {
                     writeln!(log, "{}", serde_json::json!({"event": "time_budget_reached", "epoch": epoch, "step": opt.step, "seconds": elapsed(&t0)}))
@@ -936,6 +943,7 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
             };
             let f1 = m.micro.f1;
             eval_seconds = Some(te.elapsed().as_secs_f64());
+            replan = true;
             let line = serde_json::json!({"event": "eval", "epoch": epoch, "step": opt.step, "dev": m.micro, "dev_at_0.5": plain.micro,
                 "thresholds": thresholds, "seconds": eval_seconds});
             writeln!(log, "{line}").map_err(|e| Error::io("metrics log", e))?;
@@ -950,12 +958,12 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
                 stop = true;
             }
             save_resume(&rdir, &model, &opt, &snapshot(epoch + 1, 0, opt.step, best, &rng, &ctx, plan, model.config.thresholds.clone()))?;
-            if stop || budget_hit {
+            if stop || budget_hit || reached_total {
                 break;
             }
         } else {
             save_resume(&rdir, &model, &opt, &snapshot(epoch + 1, 0, opt.step, best, &rng, &ctx, plan, None))?;
-            if budget_hit {
+            if budget_hit || reached_total {
                 break;
             }
         }
