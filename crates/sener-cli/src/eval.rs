@@ -228,7 +228,6 @@ pub fn run(a: EvalArgs) -> Result<()> {
             if !chars && !format.gives_words() {
                 bail!("{}: word-span predictions need gold with its own words; --format {} has none (give character spans, as `sener extract` writes)", p.display(), a.format);
             }
-            let gold_labels: std::collections::HashSet<&str> = docs.iter().flat_map(|d| d.entities.iter().map(|e| e.label.as_str())).collect();
             let mut pairs = Vec::with_capacity(docs.len());
             for d in &docs {
                 let gold = if chars { char_gold(d) } else { word_gold(d)? };
@@ -262,9 +261,6 @@ pub fn run(a: EvalArgs) -> Result<()> {
                             );
                         }
                     }
-                    if !gold_labels.contains(label.as_str()) {
-                        *unknown_labels.entry(label.clone()).or_default() += 1;
-                    }
                     pred.push((s, e - 1, label));
                 }
                 pairs.push((gold, pred));
@@ -289,6 +285,15 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         _ => bail!("give exactly one of --model and --pred"),
     };
+    // Predicted labels the gold data never uses (scored as wrong, and said).
+    let gold_labels: std::collections::HashSet<&str> = docs.iter().flat_map(|d| d.entities.iter().map(|e| e.label.as_str())).collect();
+    for (_, pred) in &pairs {
+        for (_, _, label) in pred {
+            if !gold_labels.contains(label.as_str()) {
+                *unknown_labels.entry(label.clone()).or_default() += 1;
+            }
+        }
+    }
     let mut scorer = Scorer::new(window);
     for (d, (gold, pred)) in docs.iter().zip(&pairs) {
         let r = if chars {

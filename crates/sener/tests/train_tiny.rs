@@ -74,7 +74,7 @@ fn tiny_training_run_learns_and_saves() {
         epochs: 25,
         warmup: 0.05,
         wwm: 0.0,
-        ..TrainConfig::default()
+        ..TrainConfig::paper()
     };
     let mut log = Vec::new();
     let report = train(&cfg, &Device::Cpu, &mut log).unwrap();
@@ -121,7 +121,7 @@ fn full_finetuning_trains_every_weight_and_saves_the_encoder() {
         epochs: 6,
         warmup: 0.05,
         wwm: 0.0,
-        ..TrainConfig::default()
+        ..TrainConfig::paper()
     };
     let mut log = Vec::new();
     let report = train(&cfg, &Device::Cpu, &mut log).unwrap();
