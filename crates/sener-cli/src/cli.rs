@@ -122,6 +122,10 @@ pub struct ExtractArgs {
     /// Batches run one after the other: the model's forward pass already uses every core.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// Largest input read, per file or from standard input, in bytes (bigger ones are refused
+    /// before they fill memory; standard input and pipes are read in chunks up to it).
+    #[arg(long, default_value_t = crate::input::DEFAULT_MAX_INPUT_BYTES)]
+    pub max_input_bytes: u64,
     /// Skip documents that cannot be read or extracted (each named on standard error) instead of
     /// stopping at the first; the command still fails at the end, listing them.
     #[arg(long)]

@@ -65,13 +65,18 @@ pub struct StatsArgs {
     pub splitters: bool,
 }
 
-/// Reads one input ('-' = standard input).
+/// Reads one input ('-' = standard input), bounded and refused at a NUL byte as `extract` does
+/// ([`crate::input`]; every format is text). brat folders are read by their reader.
 fn read_input(format: Format, path: &Path) -> Result<ReadResult> {
-    if path.as_os_str() == "-" {
-        Ok(readers::read_from(format, "<stdin>", std::io::stdin().lock())?)
+    let limit = crate::input::DEFAULT_MAX_INPUT_BYTES;
+    let (name, bytes) = if path.as_os_str() == "-" {
+        ("<stdin>".to_string(), crate::input::read_bounded(std::io::stdin().lock(), "<stdin>", limit, true)?)
+    } else if format == Format::Brat {
+        return readers::read_path(format, path).with_context(|| format!("reading {} as {format:?}", path.display()));
     } else {
-        readers::read_path(format, path).with_context(|| format!("reading {} as {format:?}", path.display()))
-    }
+        (path.display().to_string(), crate::input::read_file(path, limit, true)?)
+    };
+    readers::read_bytes(format, &name, &bytes).with_context(|| format!("reading {name} as {format:?}"))
 }
 
 /// Prints a report's counts (and a few examples) to stderr; nothing is dropped silently.

@@ -23,15 +23,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use sener::decode::{merge_segments, DecodeOptions, Threshold};
+use sener::decode::{DecodeOptions, Threshold};
 use sener::extract::{ExtractOptions, Extractor};
-use sener::metric::{MetricResult, Prf, Scorer};
-use sener::model::Sener;
-use sener_data::align::{align, WordTokenizer};
+use sener::metric::{score_documents, MetricResult, Prf, Spans};
 use sener_data::readers::{self, Format};
-use sener_data::segment::{segment, SegmentConfig};
-use sener_data::split::Splitter;
-use sener_data::{Document, Span};
+use sener_data::segment::SegmentConfig;
 
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("predictions").required(true).args(["model", "pred"])))]
@@ -81,27 +77,6 @@ pub struct EvalArgs {
     pub device: String,
 }
 
-/// Spans `(start, end_inclusive, label)` per gold document, in its unit.
-type Spans = Vec<(usize, usize, String)>;
-
-/// Decoded word spans of every document of `docs`.
-fn predict_words(model: &Sener, model_dir: &Path, docs: &[Document], cfg: &SegmentConfig, opts: &DecodeOptions) -> Result<Vec<Spans>> {
-    let base = model.config.base_dir(model_dir);
-    let mut tok = WordTokenizer::from_path(&base).with_context(|| format!("loading the encoder's tokenizer from {}", base.display()))?;
-    let special = *tok.special();
-    let mut out = Vec::with_capacity(docs.len());
-    for doc in docs {
-        let al = align(doc, &mut tok).with_context(|| format!("tokenizing document {}", doc.id))?;
-        let seg = segment(doc, &al, &[], &special, cfg)?;
-        let mut per_segment = Vec::new();
-        for s in &seg.segments {
-            per_segment.push((s.word_offset, model.predict_segment(s, special.pad, opts)?.1));
-        }
-        out.push(merge_segments(&per_segment).iter().map(|s| (s.start, s.end, model.config.labels[s.label].clone())).collect());
-    }
-    Ok(out)
-}
-
 /// One line of a predictions file, parsed.
 struct PredLine {
     line: usize,
@@ -112,7 +87,8 @@ struct PredLine {
 
 /// Reads a predictions file (either kind, not mixed): doc id → its line.
 fn read_predictions(path: &Path) -> Result<HashMap<String, PredLine>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = crate::input::read_file(path, crate::input::DEFAULT_MAX_INPUT_BYTES, true)?;
+    let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: not valid UTF-8 (byte {})", path.display(), e.utf8_error().valid_up_to()))?;
     let mut out: HashMap<String, PredLine> = HashMap::new();
     let mut kind: Option<bool> = None;
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -163,14 +139,6 @@ fn read_predictions(path: &Path) -> Result<HashMap<String, PredLine>> {
     Ok(out)
 }
 
-/// Length in words of the character span `s..=e` against `words` (every word it overlaps; at
-/// least 1).
-fn words_in(words: &[Span], s: usize, e: usize) -> usize {
-    let first = words.partition_point(|w| w.end <= s);
-    let last = words.partition_point(|w| w.start <= e);
-    last.saturating_sub(first).max(1)
-}
-
 pub fn run(a: EvalArgs) -> Result<()> {
     let format: Format = a.format.parse().with_context(|| format!("--format {}", a.format))?;
     let read = readers::read_path(format, &a.data).with_context(|| format!("reading {}", a.data.display()))?;
@@ -182,39 +150,17 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
     }
     let mut missing: Vec<String> = Vec::new();
-    let mut unknown_labels: BTreeMap<String, usize> = BTreeMap::new();
-    // (gold, pred) per document, in its unit; `chars` tells which.
-    let (pairs, chars, window): (Vec<(Spans, Spans)>, bool, usize) = match (&a.model, &a.pred) {
+    // Predictions per gold document, in words or (`chars`) characters.
+    let (preds, chars, window): (Vec<Spans>, bool, usize) = match (&a.model, &a.pred) {
         (Some(spec), None) => {
-            let m = &crate::cli::model_dir(spec)?;
+            let m = crate::cli::model_dir(spec)?;
             let dev = crate::cli::parse_device(&a.device)?;
-            let chars = a.raw || !format.gives_words();
-            let cfg_len = |model_len: usize| -> Result<SegmentConfig> {
-                let cfg = SegmentConfig::new(a.max_len.unwrap_or(model_len));
-                cfg.validate().context("--max-len")?;
-                Ok(cfg)
-            };
-            if chars {
-                let mut ex = Extractor::load_on(m, &dev).with_context(|| format!("loading model {}", spec.display()))?;
-                cfg_len(ex.model.config.max_len)?;
-                let threshold = a.threshold.map_or_else(|| ex.model.config.threshold(), Threshold::Global);
-                ex.options = ExtractOptions { decode: DecodeOptions { threshold, ..DecodeOptions::default() }, max_len: a.max_len, overlap: 0 };
-                let w = a.span_window.unwrap_or(ex.model.span.config.window);
-                let mut pairs = Vec::with_capacity(docs.len());
-                for d in &docs {
-                    let r = ex.extract(&d.text).with_context(|| format!("extracting from document {}", d.id))?;
-                    let pred = r.entities.iter().map(|e| (e.start, e.end - 1, e.label.clone())).collect();
-                    pairs.push((char_gold(d), pred));
-                }
-                (pairs, true, w)
-            } else {
-                let model = Sener::load(m, &dev).with_context(|| format!("loading model {}", spec.display()))?;
-                let cfg = cfg_len(model.config.max_len)?;
-                let threshold = a.threshold.map_or_else(|| model.config.threshold(), Threshold::Global);
-                let preds = predict_words(&model, m, &docs, &cfg, &DecodeOptions { threshold, ..DecodeOptions::default() })?;
-                let golds = docs.iter().map(word_gold).collect::<Result<Vec<_>>>()?;
-                (golds.into_iter().zip(preds).collect(), false, a.span_window.unwrap_or(model.span.config.window))
-            }
+            let ex = Extractor::load_on(&m, &dev).with_context(|| format!("loading model {}", spec.display()))?;
+            SegmentConfig::new(a.max_len.unwrap_or(ex.model.config.max_len)).validate().context("--max-len")?;
+            let threshold = a.threshold.map_or_else(|| ex.model.config.threshold(), Threshold::Global);
+            let opts = ExtractOptions { decode: DecodeOptions { threshold, ..DecodeOptions::default() }, max_len: a.max_len, overlap: 0 };
+            let (preds, chars) = ex.predict_documents(&docs, a.raw || !format.gives_words(), &opts)?;
+            (preds, chars, a.span_window.unwrap_or(ex.model.span.config.window))
         }
         (None, Some(p)) => {
             if a.max_len.is_some() || a.threshold.is_some() || a.raw {
@@ -228,12 +174,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
             if !chars && !format.gives_words() {
                 bail!("{}: word-span predictions need gold with its own words; --format {} has none (give character spans, as `sener extract` writes)", p.display(), a.format);
             }
-            let mut pairs = Vec::with_capacity(docs.len());
+            let mut preds = Vec::with_capacity(docs.len());
             for d in &docs {
-                let gold = if chars { char_gold(d) } else { word_gold(d)? };
                 let Some(pl) = by_id.remove(&d.id) else {
                     missing.push(d.id.clone());
-                    pairs.push((gold, Vec::new()));
+                    preds.push(Vec::new());
                     continue;
                 };
                 let limit = if chars { d.char_len() } else { d.word_count() };
@@ -263,7 +208,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                     }
                     pred.push((s, e - 1, label));
                 }
-                pairs.push((gold, pred));
+                preds.push(pred);
             }
             if !by_id.is_empty() {
                 let mut extra: Vec<(usize, &String)> = by_id.iter().map(|(k, v)| (v.line, k)).collect();
@@ -281,48 +226,20 @@ pub fn run(a: EvalArgs) -> Result<()> {
                     list.join(", ")
                 );
             }
-            (pairs, chars, a.span_window.unwrap_or(128))
+            (preds, chars, a.span_window.unwrap_or(128))
         }
         _ => bail!("give exactly one of --model and --pred"),
     };
     // Predicted labels the gold data never uses (scored as wrong, and said).
     let gold_labels: std::collections::HashSet<&str> = docs.iter().flat_map(|d| d.entities.iter().map(|e| e.label.as_str())).collect();
-    for (_, pred) in &pairs {
-        for (_, _, label) in pred {
-            if !gold_labels.contains(label.as_str()) {
-                *unknown_labels.entry(label.clone()).or_default() += 1;
-            }
+    let mut unknown_labels: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, _, label) in preds.iter().flatten() {
+        if !gold_labels.contains(label.as_str()) {
+            *unknown_labels.entry(label.clone()).or_default() += 1;
         }
     }
-    let mut scorer = Scorer::new(window);
-    for (d, (gold, pred)) in docs.iter().zip(&pairs) {
-        let r = if chars {
-            let words: Vec<Span> = match &d.words {
-                Some(w) => w.clone(),
-                None => Splitter::Whitespace.split(&d.text),
-            };
-            scorer.add_with_len(gold, pred, |s, e| words_in(&words, s, e))
-        } else {
-            scorer.add(gold, pred)
-        };
-        r.map_err(|e| anyhow::anyhow!("document {}: {e}", d.id))?;
-    }
-    let r = scorer.result();
+    let r = score_documents(&docs, &preds, chars, window).map_err(|e| anyhow::anyhow!(e))?;
     report(&a, &r, chars, window, &missing, &unknown_labels)
-}
-
-/// Gold word spans (inclusive ends) of a document with words; unaligned entities are an error.
-fn word_gold(d: &Document) -> Result<Spans> {
-    let (we, rep) = d.word_entities()?;
-    if !rep.is_empty() {
-        bail!("document {}: {} gold entities do not start and end on word boundaries", d.id, rep.counts().values().sum::<usize>());
-    }
-    Ok(we.iter().map(|e| (e.start, e.end - 1, e.label.clone())).collect())
-}
-
-/// Gold character spans (inclusive ends).
-fn char_gold(d: &Document) -> Spans {
-    d.entities.iter().map(|e| (e.start, e.end - 1, e.label.clone())).collect()
 }
 
 fn report(a: &EvalArgs, r: &MetricResult, chars: bool, window: usize, missing: &[String], unknown: &BTreeMap<String, usize>) -> Result<()> {

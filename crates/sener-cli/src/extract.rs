@@ -7,7 +7,7 @@
 //! several documents at once would only add memory.
 
 use std::collections::HashSet;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -196,17 +196,16 @@ fn expand_inputs(inputs: &[PathBuf], format: Option<Format>) -> Result<Vec<Sourc
     Ok(out)
 }
 
-/// The bytes of a source. Reading standard input from a terminal says so first.
-fn read_source(s: &Source) -> Result<Vec<u8>> {
+/// The bytes of a source, at most `limit` of them, refused at the first NUL byte (see
+/// [`crate::input`]). Reading standard input from a terminal says so first.
+fn read_source(s: &Source, limit: u64) -> Result<Vec<u8>> {
     match s {
-        Source::File(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display())),
+        Source::File(p) => crate::input::read_file(p, limit, true),
         Source::Stdin => {
             if std::io::stdin().is_terminal() {
                 eprintln!("reading the text from standard input (end it with Ctrl-D)");
             }
-            let mut b = Vec::new();
-            std::io::stdin().read_to_end(&mut b).context("reading standard input")?;
-            Ok(b)
+            crate::input::read_bounded(std::io::stdin().lock(), "<stdin>", limit, true)
         }
     }
 }
@@ -215,7 +214,7 @@ fn read_source(s: &Source) -> Result<Vec<u8>> {
 /// extracting from garbage.
 fn check_not_binary(name: &str, bytes: &[u8]) -> Result<()> {
     if let Some(i) = bytes.iter().position(|&b| b == 0) {
-        bail!("{name}: looks binary (NUL byte at offset {i}); sener extract reads UTF-8 text");
+        bail!("{name}: looks binary (NUL byte at offset {i}); sener reads UTF-8 text");
     }
     Ok(())
 }
@@ -261,12 +260,12 @@ fn file_id(p: &Path) -> String {
 }
 
 /// Turns `pending` into a document (reads plain-text files).
-fn load(p: Pending) -> Result<Doc> {
+fn load(p: Pending, limit: u64) -> Result<Doc> {
     match p {
         Pending::Loaded { name, id, text } => Ok(Doc { name, id, text }),
         Pending::Text(src) => {
             let name = src.name();
-            let bytes = read_source(&src)?;
+            let bytes = read_source(&src, limit)?;
             let text = decode_text(&name, bytes)?;
             let id = match &src {
                 Source::File(f) => file_id(f),
@@ -279,15 +278,14 @@ fn load(p: Pending) -> Result<Doc> {
 
 /// Reads every source in a reader format (everything up front: the documents of one file are
 /// only known once it is parsed).
-fn read_formatted(format: Format, sources: &[Source]) -> Result<Vec<Pending>> {
+fn read_formatted(format: Format, sources: &[Source], limit: u64) -> Result<Vec<Pending>> {
     let mut out = Vec::new();
     for s in sources {
         let name = s.name();
         let read = match (format, s) {
             (Format::Brat, Source::File(p)) => readers::read_path(format, p).with_context(|| format!("reading {name}"))?,
             _ => {
-                let bytes = read_source(s)?;
-                check_not_binary(&name, &bytes)?;
+                let bytes = read_source(s, limit)?;
                 readers::read_bytes(format, &name, &bytes).with_context(|| format!("reading {name} as {format:?}"))?
             }
         };
@@ -454,7 +452,7 @@ fn run_inner(a: ExtractArgs) -> Result<()> {
     let sources = expand_inputs(&a.inputs, format)?;
     let pending: Vec<Pending> = match format {
         None => sources.into_iter().map(Pending::Text).collect(),
-        Some(f) => read_formatted(f, &sources)?,
+        Some(f) => read_formatted(f, &sources, a.max_input_bytes)?,
     };
     if out_format == OutFormat::Brat && a.output_dir.is_none() && pending.len() > 1 {
         bail!("brat output of {} documents needs --output-dir (one .ann per document); a single document is printed to standard output", pending.len());
@@ -502,7 +500,7 @@ fn run_inner(a: ExtractArgs) -> Result<()> {
             let Some(p) = pending.next() else { break };
             taken += 1;
             let name = p.name();
-            match load(p) {
+            match load(p, a.max_input_bytes) {
                 Ok(d) => batch.push(d),
                 Err(e) if a.keep_going => {
                     bar.suspend(|| eprintln!("skipped: {e:#}"));

@@ -6,6 +6,7 @@ mod cli;
 mod data_cmds;
 mod encode;
 mod eval;
+mod input;
 mod extract;
 mod plot;
 mod score;

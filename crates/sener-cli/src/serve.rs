@@ -338,6 +338,15 @@ async fn extract(State(st): State<Arc<AppState>>, req: Request) -> Response {
 }
 
 async fn extract_inner(st: &AppState, req: Request) -> std::result::Result<Response, ApiError> {
+    // A declared length above the limit is refused before waiting for the body.
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > st.limits.max_body_bytes as u64) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body exceeds {} bytes", st.limits.max_body_bytes),
+        ));
+    }
     let body = Bytes::from_request(req, &()).await.map_err(|rej| {
         if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(

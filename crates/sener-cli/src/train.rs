@@ -22,8 +22,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Defaults for every key not set: sener (small data, CPU budgets: prior bias, LR 1e-3 /
-    /// 3e-3, batch 4, 512-token segments, thresholds calibrated on a 10 % held-out part) or paper
-    /// (the official recipe). [sener]
+    /// 3e-3, batch 4, 512-token segments, LoRA on every linear layer, span window 64, thresholds
+    /// calibrated on a 10 % held-out part) or paper (the official recipe). [sener]
     #[arg(long)]
     pub recipe: Option<Recipe>,
     /// Training data (any reader format, see --format).
@@ -91,7 +91,7 @@ pub struct TrainArgs {
     /// Arrow-attention window (tokens, one side). [128]
     #[arg(long)]
     pub window: Option<usize>,
-    /// Span window w′ (words, one side; spans of up to w′+1 words). [128]
+    /// Span window w′ (words, one side; spans of up to w′+1 words). [sener: 64; paper: 128]
     #[arg(long)]
     pub span_window: Option<usize>,
     /// Number of BiSPA blocks (0 = the "w/o BiSPA" ablation). [2]
@@ -122,7 +122,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub finetune: Option<Finetune>,
     /// LoRA: the linear layers of every encoder layer that get an adapter, comma-separated:
-    /// query, key, value, attention_output, intermediate, output, or all. [query,value]
+    /// query, key, value, attention_output, intermediate, output, or all. [sener: all; paper:
+    /// query,value]
     #[arg(long, value_delimiter = ',')]
     pub lora_targets: Option<Vec<String>>,
     /// LoRA rank r. [8]
@@ -191,38 +192,17 @@ fn read_config_file(p: &Path) -> Result<serde_json::Value> {
     }
 }
 
-/// `over` merged into `base`, objects key by key.
-fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
-    match (base, over) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
-            for (k, v) in o {
-                match b.get_mut(&k) {
-                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
-                    _ => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (b, o) => *b = o,
-    }
-}
-
 /// The run's config: the recipe's defaults, then the config file, then the flags.
 pub fn config_from(a: &TrainArgs) -> Result<TrainConfig> {
-    let file = a.config.as_deref().map(read_config_file).transpose()?;
-    let recipe = match (a.recipe, file.as_ref().and_then(|f| f.get("recipe"))) {
-        (Some(r), _) => r,
-        (None, Some(v)) => serde_json::from_value(v.clone()).context("--config: recipe")?,
-        (None, None) => Recipe::default(),
+    let mut file = match &a.config {
+        Some(p) => read_config_file(p)?,
+        None => serde_json::json!({}),
     };
-    let mut value = serde_json::to_value(TrainConfig::for_recipe(recipe))?;
-    if let Some(f) = file {
-        merge(&mut value, f);
+    if let (Some(r), Some(o)) = (a.recipe, file.as_object_mut()) {
+        o.insert("recipe".into(), serde_json::to_value(r)?);
     }
-    value["recipe"] = serde_json::to_value(recipe)?;
     let where_ = a.config.as_ref().map_or("defaults".to_string(), |p| p.display().to_string());
-    let mut c: TrainConfig = serde_json::from_value(value).with_context(|| format!("{where_}: invalid training config"))?;
+    let mut c = TrainConfig::from_value(file).with_context(|| format!("{where_}: invalid training config"))?;
     macro_rules! set {
         ($($field:ident),*) => { $( if let Some(v) = a.$field.clone() { c.$field = v; } )* };
     }

@@ -285,6 +285,22 @@ fn routes_answers_and_json_errors() {
     // 413: a body over --max-body-bytes.
     let big = json!({"text": "w5 ".repeat(40_000)});
     srv.post("/v1/extract", &big).assert_error(413, "body_too_large");
+    // ... and a declared length over it is refused at once, without waiting for the body.
+    let mut s = TcpStream::connect(("127.0.0.1", srv.port)).expect("connecting");
+    s.write_all(b"POST /v1/extract HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n{").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t0 = Instant::now();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !raw.windows(4).any(|w| w == b"\r\n\r\n") || !raw.ends_with(b"}") {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("no answer to a declared 1 GB body within {:?}: {e}", t0.elapsed()),
+        }
+    }
+    parse_response(&raw).assert_error(413, "body_too_large");
+    assert!(t0.elapsed() < Duration::from_secs(3), "answered after {:?}", t0.elapsed());
 
     // 404 and 405 (with Allow).
     srv.get("/nope").assert_error(404, "not_found");
@@ -389,13 +405,14 @@ fn bad_settings_fail_at_startup_and_a_signal_right_after_start_is_clean() {
     let srv = Server::start(&[]);
     // The address is taken: a clear error, before any model work.
     let taken = format!("127.0.0.1:{}", srv.port);
+    // Every other case binds port 0, never a fixed port something else may hold.
     for (args, needle) in [
         (vec!["--addr", taken.as_str()], "binding"),
-        (vec!["--queue", "0"], "--queue"),
-        (vec!["--timeout-secs", "0"], "--timeout-secs"),
-        (vec!["--header-timeout-secs", "0"], "--header-timeout-secs"),
-        (vec!["--threshold", "2"], "--threshold"),
-        (vec!["--max-len", "2"], "--max-len"),
+        (vec!["--addr", "127.0.0.1:0", "--queue", "0"], "--queue"),
+        (vec!["--addr", "127.0.0.1:0", "--timeout-secs", "0"], "--timeout-secs"),
+        (vec!["--addr", "127.0.0.1:0", "--header-timeout-secs", "0"], "--header-timeout-secs"),
+        (vec!["--addr", "127.0.0.1:0", "--threshold", "2"], "--threshold"),
+        (vec!["--addr", "127.0.0.1:0", "--max-len", "2"], "--max-len"),
     ] {
         let o = Command::new(env!("CARGO_BIN_EXE_sener")).args(["serve", "--model"]).arg(&srv.model).args(&args).output().expect("running sener serve");
         assert_eq!(o.status.code(), Some(2), "{args:?}");

@@ -228,19 +228,20 @@ impl Document {
     /// Segments the text into words at Unicode whitespace (replacing any existing words and
     /// sentences), then splits words further wherever an entity boundary falls inside one, so that
     /// every entity is word-aligned.
-    pub fn segment_words_whitespace(&mut self) {
-        self.segment_words(crate::split::Splitter::Whitespace);
+    pub fn segment_words_whitespace(&mut self) -> usize {
+        self.segment_words(crate::split::Splitter::Whitespace)
     }
 
     /// Segments the text into words with `splitter` (replacing any existing words and sentences),
     /// then splits words further wherever an entity boundary falls inside one, so that every
-    /// entity is word-aligned.
-    pub fn segment_words(&mut self, splitter: crate::split::Splitter) {
+    /// entity is word-aligned. Returns how many such extra cuts were made (writers report them).
+    pub fn segment_words(&mut self, splitter: crate::split::Splitter) -> usize {
         let mut cuts: Vec<usize> = self.entities.iter().flat_map(|e| [e.start, e.end]).collect();
         cuts.sort_unstable();
         cuts.dedup();
         let mut words = Vec::new();
         let mut ci = 0usize;
+        let mut extra = 0usize;
         for w in splitter.split(&self.text) {
             let mut s = w.start;
             while ci < cuts.len() && cuts[ci] <= w.start {
@@ -250,11 +251,13 @@ impl Document {
                 words.push(Span::new(s, cuts[ci]));
                 s = cuts[ci];
                 ci += 1;
+                extra += 1;
             }
             words.push(Span::new(s, w.end));
         }
         self.words = Some(words);
         self.sentences = None;
+        extra
     }
 }
 

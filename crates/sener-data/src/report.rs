@@ -31,6 +31,9 @@ pub enum Issue {
     EntityOutsideSegments,
     /// A word produced no subword tokens.
     WordWithoutSubwords,
+    /// Raw text was cut into words and an entity boundary fell inside a word, which was split
+    /// there (the written words differ from the text's own words).
+    WordSplitAtEntityBoundary,
 }
 
 impl Issue {
@@ -48,6 +51,7 @@ impl Issue {
             Issue::EntityNotWordAligned => "entity boundary inside a word, entity dropped",
             Issue::EntityOutsideSegments => "entity not fully inside any segment",
             Issue::WordWithoutSubwords => "word with no subword tokens",
+            Issue::WordSplitAtEntityBoundary => "word split where an entity starts or ends inside it",
         }
     }
 }

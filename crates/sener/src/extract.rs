@@ -19,6 +19,7 @@
 //! were used.
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use candle_core::Device;
 use sener_data::align::{align, SpecialTokens, WordTokenizer};
@@ -72,10 +73,12 @@ impl Default for ExtractOptions {
     }
 }
 
-/// A loaded model plus its tokenizer, ready to extract.
+/// A loaded model plus its tokenizer, ready to extract. Extraction takes `&self`: several
+/// threads may extract with one `Extractor` at once (the tokenizer's word cache is locked only
+/// while a text is tokenized; the model runs unlocked).
 pub struct Extractor {
     pub model: Sener,
-    tokenizer: WordTokenizer,
+    tokenizer: Mutex<WordTokenizer>,
     special: SpecialTokens,
     pub options: ExtractOptions,
 }
@@ -94,24 +97,51 @@ impl Extractor {
         let special = *tok.special();
         let mut options = ExtractOptions::default();
         options.decode.threshold = model.config.threshold();
-        Ok(Self { model, tokenizer: tok, special, options })
+        Ok(Self { model, tokenizer: Mutex::new(tok), special, options })
     }
 
-    /// Entities of one text (empty or whitespace-only text gives none).
-    pub fn extract(&mut self, text: &str) -> Result<Extraction> {
+    /// Entities of one text (empty or whitespace-only text gives none), with [`Self::options`].
+    pub fn extract(&self, text: &str) -> Result<Extraction> {
+        self.extract_with(text, &self.options)
+    }
+
+    /// The word spans of `doc` (which has words) predicted by the model, merged across segments:
+    /// `(start, end_inclusive, label index, score)` per span.
+    pub fn predict_words(&self, doc: &Document, options: &ExtractOptions) -> Result<Vec<crate::decode::Span>> {
+        let al = {
+            let mut tok = self.tokenizer.lock().map_err(|_| Error::Input("the tokenizer lock is poisoned".into()))?;
+            align(doc, &mut tok).map_err(|e| Error::Input(format!("document {}: {e}", doc.id)))?
+        };
+        let max_len = options.max_len.unwrap_or(self.model.config.max_len);
+        let cfg = SegmentConfig { max_len, overlap: options.overlap };
+        let seg = segment(doc, &al, &[], &self.special, &cfg).map_err(|e| Error::Input(e.to_string()))?;
+        let mut per_segment = Vec::with_capacity(seg.segments.len());
+        for s in &seg.segments {
+            per_segment.push((s.word_offset, self.model.predict_segment(s, self.special.pad, &options.decode)?.1));
+        }
+        Ok(merge_segments(&per_segment))
+    }
+
+    /// [`Self::extract`] with other options (threshold, flat output, segment length).
+    pub fn extract_with(&self, text: &str, options: &ExtractOptions) -> Result<Extraction> {
         let mut doc = Document::new("input", text);
         doc.segment_words(self.model.config.splitter);
         let words = doc.word_count();
         if words == 0 {
             return Ok(Extraction { entities: Vec::new(), words: 0, segments: 0 });
         }
-        let al = align(&doc, &mut self.tokenizer).map_err(|e| Error::Input(e.to_string()))?;
-        let max_len = self.options.max_len.unwrap_or(self.model.config.max_len);
-        let cfg = SegmentConfig { max_len, overlap: self.options.overlap };
-        let seg = segment(&doc, &al, &[], &self.special, &cfg).map_err(|e| Error::Input(e.to_string()))?;
-        let mut per_segment = Vec::with_capacity(seg.segments.len());
-        for s in &seg.segments {
-            per_segment.push((s.word_offset, self.model.predict_segment(s, self.special.pad, &self.options.decode)?.1));
+        let max_len = options.max_len.unwrap_or(self.model.config.max_len);
+        let segments = {
+            let al = {
+                let mut tok = self.tokenizer.lock().map_err(|_| Error::Input("the tokenizer lock is poisoned".into()))?;
+                align(&doc, &mut tok).map_err(|e| Error::Input(e.to_string()))?
+            };
+            let cfg = SegmentConfig { max_len, overlap: options.overlap };
+            segment(&doc, &al, &[], &self.special, &cfg).map_err(|e| Error::Input(e.to_string()))?.segments
+        };
+        let mut per_segment = Vec::with_capacity(segments.len());
+        for s in &segments {
+            per_segment.push((s.word_offset, self.model.predict_segment(s, self.special.pad, &options.decode)?.1));
         }
         let offsets = doc.offsets();
         let mut entities = Vec::new();
@@ -133,11 +163,39 @@ impl Extractor {
             });
         }
         entities.sort_by(|a, b| (a.start, a.end, &a.label).cmp(&(b.start, b.end, &b.label)));
-        Ok(Extraction { entities, words, segments: seg.segments.len() })
+        Ok(Extraction { entities, words, segments: segments.len() })
     }
 
-    /// Entities of several texts.
-    pub fn extract_batch(&mut self, texts: &[&str]) -> Result<Vec<Extraction>> {
+    /// Entities of several texts, in input order.
+    pub fn extract_batch(&self, texts: &[&str]) -> Result<Vec<Extraction>> {
         texts.iter().map(|t| self.extract(t)).collect()
+    }
+
+    /// This model's predictions for annotated documents, one list per document, as
+    /// `(start, end_inclusive, label)`: with `raw` (or when a document has no words) extracted
+    /// from each document's text as raw text ([`Self::extract_with`], the model's splitter) in
+    /// characters, otherwise from the documents' own words, in words. Returns whether characters
+    /// are the unit (then for every document).
+    pub fn predict_documents(&self, docs: &[Document], raw: bool, options: &ExtractOptions) -> Result<(Vec<crate::metric::Spans>, bool)> {
+        let chars = raw || docs.iter().any(|d| d.words.is_none());
+        let labels = &self.model.config.labels;
+        let mut out = Vec::with_capacity(docs.len());
+        for d in docs {
+            out.push(if chars {
+                self.extract_with(&d.text, options)?.entities.into_iter().map(|e| (e.start, e.end - 1, e.label)).collect()
+            } else {
+                self.predict_words(d, options)?.iter().map(|s| (s.start, s.end, labels[s.label].clone())).collect()
+            });
+        }
+        Ok((out, chars))
+    }
+
+    /// The official metric of this model on annotated documents (spec §7), as `sener eval`
+    /// computes it ([`Self::predict_documents`] scored by [`crate::metric::score_documents`]).
+    /// Returns the metric and whether characters were the unit.
+    pub fn evaluate(&self, docs: &[Document], raw: bool, options: &ExtractOptions) -> Result<(crate::metric::MetricResult, bool)> {
+        let (preds, chars) = self.predict_documents(docs, raw, options)?;
+        let m = crate::metric::score_documents(docs, &preds, chars, self.model.span.config.window).map_err(Error::Input)?;
+        Ok((m, chars))
     }
 }

@@ -295,6 +295,44 @@ fn to_set<S: AsRef<str>>(
     Ok(set)
 }
 
+/// Spans `(start, end_inclusive, label)` of one document, in words or characters.
+pub type Spans = Vec<(usize, usize, String)>;
+
+/// Scores predictions against annotated documents: gold from each document's entities, on word
+/// spans (`chars == false`: the entities must be word-aligned) or character spans (lengths for
+/// the buckets in the document's words, or whitespace words when it has none). `window` is the
+/// model's span window (longer gold entities are counted as unreachable).
+pub fn score_documents(docs: &[sener_data::Document], preds: &[Spans], chars: bool, window: usize) -> Result<MetricResult, String> {
+    if docs.len() != preds.len() {
+        return Err(format!("{} documents but {} prediction lists", docs.len(), preds.len()));
+    }
+    let mut scorer = Scorer::new(window);
+    for (d, pred) in docs.iter().zip(preds) {
+        let r = if chars {
+            let gold: Spans = d.entities.iter().map(|e| (e.start, e.end.saturating_sub(1), e.label.clone())).collect();
+            let words = match &d.words {
+                Some(w) => w.clone(),
+                None => sener_data::split::Splitter::Whitespace.split(&d.text),
+            };
+            let len = |s: usize, e: usize| {
+                let first = words.partition_point(|w| w.end <= s);
+                let last = words.partition_point(|w| w.start <= e);
+                last.saturating_sub(first).max(1)
+            };
+            scorer.add_with_len(&gold, pred, len)
+        } else {
+            let (we, report) = d.word_entities().map_err(|e| e.to_string())?;
+            if !report.is_empty() {
+                return Err(format!("document {}: {} gold entities do not start and end on word boundaries", d.id, report.counts().values().sum::<usize>()));
+            }
+            let gold: Spans = we.iter().map(|e| (e.start, e.end - 1, e.label.clone())).collect();
+            scorer.add(&gold, pred)
+        };
+        r.map_err(|e| format!("document {}: {e}", d.id))?;
+    }
+    Ok(scorer.result())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,7 @@ use crate::{Error, Result};
 
 /// Where the base encoder comes from.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BaseEncoder {
     /// Hugging Face folder; relative paths are relative to the model folder.
     pub path: PathBuf,
@@ -45,7 +46,9 @@ pub struct BaseEncoder {
 }
 
 /// Everything needed to rebuild a model (saved as `sener.json`). Defaults are the paper's.
+/// Unknown fields are refused, and [`SenerConfig::read`] checks every value against its bounds.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SenerConfig {
     pub base: BaseEncoder,
     /// Entity types, in logit order.
@@ -144,9 +147,18 @@ impl Sener {
         let opts = EncoderOptions { arrow: config.arrow.clone(), dtype: DType::F32, device: device.clone() };
         let mut encoder = Encoder::load(&base, &opts)?;
         let adapter = dir.join("adapter");
-        if adapter.is_dir() {
-            encoder.load_adapter(&adapter, config.lora.as_ref().map(|l| l.alpha))?;
-            encoder.merge_lora()?;
+        match (&config.lora, adapter.is_dir()) {
+            (Some(l), true) => {
+                encoder.load_adapter(&adapter, Some(l.alpha))?;
+                encoder.merge_lora()?;
+            }
+            (Some(_), false) => {
+                return Err(Error::model(dir, "sener.json says the encoder carries a LoRA adapter (`lora`), but the folder has no adapter/"));
+            }
+            (None, true) => {
+                return Err(Error::model(dir, "the folder has an adapter/ but sener.json has no `lora` section: which one is right cannot be told"));
+            }
+            (None, false) => {}
         }
         let span_file = dir.join("span.safetensors");
         if !span_file.is_file() {
@@ -227,8 +239,73 @@ impl SenerConfig {
         if !dir.is_dir() {
             return Err(Error::model(dir, "no such model folder"));
         }
+        let meta = std::fs::metadata(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        if meta.len() > 1 << 20 {
+            return Err(Error::model(&cfg_path, format!("{} bytes; a model config is a few KB (at most 1 MiB is read)", meta.len())));
+        }
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::Json { path: cfg_path.clone(), message: e.to_string() })
+        let config: SenerConfig = serde_json::from_str(&text).map_err(|e| Error::Json { path: cfg_path.clone(), message: e.to_string() })?;
+        config.validate().map_err(|m| Error::model(&cfg_path, m))?;
+        Ok(config)
+    }
+
+    /// Every value against its bounds: a model folder from anywhere (the Hub) cannot make the
+    /// program allocate without limit or misbehave. The message names the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.labels.is_empty() || self.labels.len() > 10_000 {
+            return Err(format!("labels: {} labels (1 to 10,000)", self.labels.len()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, l) in self.labels.iter().enumerate() {
+            if l.is_empty() || l.len() > 256 {
+                return Err(format!("labels[{i}]: empty or longer than 256 bytes"));
+            }
+            if !seen.insert(l) {
+                return Err(format!("labels[{i}]: `{l}` appears twice"));
+            }
+        }
+        if let Some(s) = &self.base.sha256 {
+            if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("base.sha256: `{s}` is not 64 hex digits"));
+            }
+        }
+        let a = &self.arrow;
+        if !(1..=1 << 16).contains(&a.window) {
+            return Err(format!("arrow.window: {} (1 to 65,536 tokens)", a.window));
+        }
+        if !(2..=1 << 20).contains(&a.logn_base) {
+            return Err(format!("arrow.logn_base: {} (2 to 1,048,576)", a.logn_base));
+        }
+        let s = &self.span;
+        if !(1..=1024).contains(&s.window) {
+            return Err(format!("span.window: {} (1 to 1,024 words)", s.window));
+        }
+        if !(1..=4096).contains(&s.biaffine_size) || !(2..=1024).contains(&s.cnn_dim) || s.cnn_dim % 2 != 0 || s.cnn_depth > 64 {
+            return Err(format!(
+                "span: biaffine_size {} (1 to 4,096), cnn_dim {} (even, 2 to 1,024), cnn_depth {} (at most 64)",
+                s.biaffine_size, s.cnn_dim, s.cnn_depth
+            ));
+        }
+        for (name, p) in [("span.biaffine_dropout", s.biaffine_dropout), ("span.bispa_dropout", s.bispa_dropout)] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(format!("{name}: {p} (0 to 1, excluded)"));
+            }
+        }
+        if let Some(l) = &self.lora {
+            l.validate().map_err(|e| e.to_string())?;
+        }
+        if !(8..=1 << 20).contains(&self.max_len) {
+            return Err(format!("max_len: {} (8 to 1,048,576 tokens)", self.max_len));
+        }
+        if let Some(t) = &self.thresholds {
+            if t.len() != self.labels.len() {
+                return Err(format!("thresholds: {} values for {} labels", t.len(), self.labels.len()));
+            }
+            if let Some(i) = t.iter().position(|x| !(0.0..=1.0).contains(x)) {
+                return Err(format!("thresholds[{i}]: {} is not a probability", t[i]));
+            }
+        }
+        Ok(())
     }
 
     /// The model's own decision threshold: its calibrated per-type thresholds, else 0.5.
@@ -313,6 +390,40 @@ mod tests {
         // nowhere: the path as written, for the error message
         assert_eq!(resolve_base(Path::new("other"), &model, Some(&cache)), model.join("other"));
         std::fs::remove_dir_all(root).ok();
+    }
+
+    #[test]
+    fn a_model_config_is_checked_field_by_field() {
+        let good = r#"{"base": {"path": "enc"}, "labels": ["a", "b"], "max_len": 512}"#;
+        let parse = |s: &str| -> std::result::Result<SenerConfig, String> {
+            let c: SenerConfig = serde_json::from_str(s).map_err(|e| e.to_string())?;
+            c.validate().map(|_| c)
+        };
+        let c = parse(good).unwrap();
+        assert_eq!(c.splitter, Splitter::Whitespace, "older folders split at whitespace");
+        assert_eq!(c.threshold(), crate::decode::Threshold::Global(0.5));
+        for (edit, want) in [
+            (r#""labels": ["a", "a"]"#, "labels[1]: `a` appears twice"),
+            (r#""labels": []"#, "labels: 0 labels"),
+            (r#""labels": ["a", "b"], "span": {"window": 100000}"#, "span.window: 100000"),
+            (r#""labels": ["a", "b"], "span": {"cnn_dim": 7}"#, "cnn_dim 7"),
+            (r#""labels": ["a", "b"], "span": {"bispa_dropout": 7.5}"#, "span.bispa_dropout: 7.5"),
+            (r#""labels": ["a", "b"], "arrow": {"window": 0}"#, "arrow.window: 0"),
+            (r#""labels": ["a", "b"], "arrow": {"logn_base": 0}"#, "arrow.logn_base: 0"),
+            (r#""labels": ["a", "b"], "lora": {"r": 0}"#, "r = 0"),
+            (r#""labels": ["a", "b"], "lora": {"r": "eight"}"#, "invalid type"),
+            (r#""labels": ["a", "b"], "lora": {"dropout": 7.5}"#, "dropout = 7.5"),
+            (r#""labels": ["a", "b"], "thresholds": [0.5]"#, "thresholds: 1 values for 2 labels"),
+            (r#""labels": ["a", "b"], "thresholds": [0.5, 2.0]"#, "thresholds[1]"),
+            (r#""labels": ["a", "b"], "colour": "red""#, "unknown field `colour`"),
+            (r#""labels": ["a", "b"], "span": {"windw": 4}"#, "unknown field `windw`"),
+        ] {
+            let s = good.replace(r#""labels": ["a", "b"]"#, edit);
+            let err = parse(&s).expect_err(edit);
+            assert!(err.contains(want), "{edit}: {err}");
+        }
+        assert!(parse(&good.replace(r#""path": "enc""#, r#""path": "enc", "sha256": "xyz""#)).unwrap_err().contains("base.sha256"));
+        assert!(parse(&good.replace(r#""max_len": 512"#, r#""max_len": 0"#)).unwrap_err().contains("max_len: 0"));
     }
 
     #[test]

@@ -28,7 +28,9 @@ pub fn to_string(docs: &[Document], scheme: TagScheme) -> Result<(String, Report
             doc
         } else {
             let mut d = doc.clone();
-            d.segment_words_whitespace();
+            for _ in 0..d.segment_words_whitespace() {
+                report.note(Issue::WordSplitAtEntityBoundary, || format!("document {}", doc.id));
+            }
             owned = d;
             &owned
         };

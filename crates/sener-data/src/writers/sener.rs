@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::document::Document;
 use crate::error::{DataError, Result};
-use crate::report::Report;
+use crate::report::{Issue, Report};
 
 /// All documents as SeNER JSON lines, each ending with a newline, and what was dropped.
 pub fn to_string(docs: &[Document]) -> Result<(String, Report)> {
@@ -21,7 +21,9 @@ pub fn to_string(docs: &[Document]) -> Result<(String, Report)> {
             doc
         } else {
             let mut d = doc.clone();
-            d.segment_words_whitespace();
+            for _ in 0..d.segment_words_whitespace() {
+                report.note(Issue::WordSplitAtEntityBoundary, || format!("document {}", doc.id));
+            }
             owned = d;
             &owned
         };

@@ -34,7 +34,7 @@ const NEG: f64 = -1e30;
 /// Shape of the attention pattern. `window >= sequence length` with `logn = false` is exactly the
 /// stock (full) attention of the encoder.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ArrowConfig {
     /// One-sided window in subword tokens (w; default 128).
     pub window: usize,

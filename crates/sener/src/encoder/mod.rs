@@ -467,20 +467,53 @@ fn adapter_paths(path: &Path) -> Result<(PathBuf, Option<f64>)> {
             return Err(Error::model(path, "no adapter_model.safetensors in this adapter folder"));
         }
         let cpath = path.join("adapter_config.json");
-        let alpha = if cpath.is_file() {
-            let text = std::fs::read_to_string(&cpath).map_err(|e| Error::io(&cpath, e))?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| Error::Json { path: cpath.clone(), message: e.to_string() })?;
-            v.get("lora_alpha").and_then(|a| a.as_f64())
-        } else {
-            None
-        };
+        let alpha = if cpath.is_file() { peft_alpha(&cpath)? } else { None };
         Ok((file, alpha))
     } else if path.is_file() {
         Ok((path.to_path_buf(), None))
     } else {
         Err(Error::model(path, "adapter not found (expected a PEFT folder or a .safetensors file)"))
     }
+}
+
+/// Reads a PEFT `adapter_config.json` and returns its `lora_alpha`. The fields sener reads or
+/// that change what the adapter means are checked (`peft_type` LORA, `r` a positive integer,
+/// `lora_alpha` positive, `lora_dropout` in [0, 1), `use_dora`/`use_rslora` off); PEFT's many
+/// other fields are left alone (they differ between PEFT versions).
+fn peft_alpha(cpath: &Path) -> Result<Option<f64>> {
+    let bad = |m: String| Error::Json { path: cpath.to_path_buf(), message: m };
+    let meta = std::fs::metadata(cpath).map_err(|e| Error::io(cpath, e))?;
+    if meta.len() > 1 << 20 {
+        return Err(bad(format!("{} bytes; an adapter config is a few KB (at most 1 MiB is read)", meta.len())));
+    }
+    let text = std::fs::read_to_string(cpath).map_err(|e| Error::io(cpath, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let o = v.as_object().ok_or_else(|| bad("not a JSON object".into()))?;
+    if let Some(t) = o.get("peft_type").filter(|t| !t.is_null()) {
+        if t.as_str() != Some("LORA") {
+            return Err(bad(format!("field `peft_type`: {t}, only LORA adapters are supported")));
+        }
+    }
+    if let Some(r) = o.get("r") {
+        if !r.as_u64().is_some_and(|r| (1..=4096).contains(&r)) {
+            return Err(bad(format!("field `r`: {r} is not a rank from 1 to 4096")));
+        }
+    }
+    let alpha = match o.get("lora_alpha") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(a) => Some(a.as_f64().filter(|a| *a > 0.0 && a.is_finite()).ok_or_else(|| bad(format!("field `lora_alpha`: {a} is not a positive number")))?),
+    };
+    if let Some(d) = o.get("lora_dropout").filter(|d| !d.is_null()) {
+        if !d.as_f64().is_some_and(|d| (0.0..1.0).contains(&d)) {
+            return Err(bad(format!("field `lora_dropout`: {d} is not in [0, 1)")));
+        }
+    }
+    for k in ["use_dora", "use_rslora"] {
+        if o.get(k).and_then(|x| x.as_bool()) == Some(true) {
+            return Err(bad(format!("field `{k}`: true is not supported (plain LoRA only)")));
+        }
+    }
+    Ok(alpha)
 }
 
 /// `base_model.model.pretrain_model.encoder.layer.3.attention.self.query_proj.lora_A.default.weight`

@@ -25,7 +25,7 @@ use crate::{Error, Result};
 
 /// Hyper-parameters of the span side (paper defaults).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SpanConfig {
     /// One-sided span window w′ in words (spans of up to w′ + 1 words).
     pub window: usize,
