@@ -103,7 +103,7 @@ fn py_to_json(v: &Bound<'_, PyAny>) -> PyResult<serde_json::Value> {
     if let Ok(p) = v.extract::<PathBuf>() {
         return Ok(V::String(p.display().to_string()));
     }
-    if let Ok(d) = v.downcast::<PyDict>() {
+    if let Ok(d) = v.cast::<PyDict>() {
         let mut o = serde_json::Map::new();
         for (k, x) in d.iter() {
             let k: String = k.extract().map_err(|_| PyValueError::new_err("config keys must be strings"))?;
@@ -247,7 +247,7 @@ fn load(py: Python<'_>, model: PathBuf, device: &str) -> PyResult<Extractor> {
 #[pyfunction]
 #[pyo3(signature = (model, data, format="sener", raw=false, threshold=None))]
 fn evaluate<'py>(py: Python<'py>, model: &Bound<'py, PyAny>, data: PathBuf, format: &str, raw: bool, threshold: Option<f32>) -> PyResult<Bound<'py, PyAny>> {
-    let ex: Arc<RustExtractor> = match model.downcast::<Extractor>() {
+    let ex: Arc<RustExtractor> = match model.cast::<Extractor>() {
         Ok(e) => e.get().inner.clone(),
         Err(_) => {
             let path: PathBuf = model.extract().map_err(|_| pyo3::exceptions::PyTypeError::new_err("model must be a sener.Extractor, a model folder or a Hub id"))?;

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -95,6 +96,7 @@ class RayCluster:
         self.address = ""
         self.seen: set[int] = set()
         self.logs: list[Path] = []
+        self.ray_tmp = tempfile.mkdtemp(prefix="sener-ray-", dir="/tmp")
 
     def _start(self, head: bool) -> None:
         i = len(self.procs)
@@ -119,7 +121,8 @@ class RayCluster:
             args += [
                 "--head", "--port", str(port), "--include-dashboard", "false",
                 "--ray-client-server-port", str(free_port()),
-                "--temp-dir", str(self.tmp / "ray"),
+                # Ray's socket paths must stay under 108 bytes: a short folder of its own
+                "--temp-dir", self.ray_tmp,
             ]
         else:
             args += ["--address", self.address]
@@ -153,7 +156,7 @@ class RayCluster:
             "import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False);"
             "print(json.dumps([{'id': n['NodeID'], 'alive': n['Alive'], 'port': n['NodeManagerPort']} for n in ray.nodes()]))"
         ) % self.address
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         if out.returncode != 0:
             raise RuntimeError(f"ray.nodes() failed: {out.stderr[-2000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
@@ -228,6 +231,7 @@ class RayCluster:
         end = time.monotonic() + 10
         while time.monotonic() < end and self.left():
             time.sleep(0.2)
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
     def left(self) -> list[int]:
         """Processes of this cluster still alive."""

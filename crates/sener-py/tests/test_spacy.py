@@ -54,8 +54,11 @@ def test_entities_go_to_span_group_and_ents(nlp):
 
 def test_pipe_equals_single_docs(nlp):
     texts = [TEXT, "Jie Tang works at Tsinghua University.", "", TEXT]
-    piped = [[(s.start_char, s.end_char, s.label_) for s in d.spans["sener"]] for d in nlp.pipe(texts, batch_size=3)]
-    single = [[(s.start_char, s.end_char, s.label_) for s in nlp(t).spans["sener"]] for t in texts]
+    def spans(doc):
+        return [(s.start_char, s.end_char, s.label_) for s in doc.spans["sener"]]
+
+    piped = [spans(d) for d in nlp.pipe(texts, batch_size=3)]
+    single = [spans(nlp(t)) for t in texts]
     assert piped == single
 
 
