@@ -127,6 +127,8 @@ enum JobError {
     Input(String),
     /// Anything else: a model error or a panic inside the model code.
     Internal(String),
+    /// The client went away (deadline passed or connection closed) and its work was dropped.
+    Cancelled,
 }
 
 /// Results of one job, and how many requests shared its `extract_batch` call.
@@ -422,6 +424,9 @@ async fn extract_inner(st: &AppState, req: Request) -> std::result::Result<Respo
         Ok(Ok(d)) => d,
         Ok(Err(JobError::Input(m))) => return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", m)),
         Ok(Err(JobError::Internal(m))) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)),
+        Ok(Err(JobError::Cancelled)) => {
+            return Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "the request was cancelled"))
+        }
         Err(_) => {
             return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the model worker dropped the request"))
         }
@@ -542,7 +547,10 @@ fn run_batch(ex: &mut Extractor, base: &ExtractOptions, mut jobs: Vec<Job>) {
             },
             ..base.clone()
         };
-        let texts: Vec<&str> = group.iter().flat_map(|j| j.texts.iter().map(String::as_str)).collect();
+        // Each text goes with its request's reply channel: once that client has gone (its
+        // deadline passed, or it hung up), the rest of its work is dropped between segments.
+        let texts: Vec<(&str, &oneshot::Sender<JobResult>)> =
+            group.iter().flat_map(|j| j.texts.iter().map(move |t| (t.as_str(), &j.reply))).collect();
         let batch_requests = group.len();
         match run_texts(ex, &texts) {
             Ok(mut all) => {
@@ -559,7 +567,7 @@ fn run_batch(ex: &mut Extractor, base: &ExtractOptions, mut jobs: Vec<Job>) {
             }
             Err(_) => {
                 for j in group {
-                    let texts: Vec<&str> = j.texts.iter().map(String::as_str).collect();
+                    let texts: Vec<(&str, &oneshot::Sender<JobResult>)> = j.texts.iter().map(|t| (t.as_str(), &j.reply)).collect();
                     let r = run_texts(ex, &texts).map(|results| Done { results, batch_requests: 1 });
                     let _ = j.reply.send(r);
                 }
@@ -568,10 +576,17 @@ fn run_batch(ex: &mut Extractor, base: &ExtractOptions, mut jobs: Vec<Job>) {
     }
 }
 
-fn run_texts(ex: &mut Extractor, texts: &[&str]) -> std::result::Result<Vec<Extraction>, JobError> {
-    match std::panic::catch_unwind(AssertUnwindSafe(|| ex.extract_batch(texts))) {
+/// Extracts each text until its request's client has gone (then the group fails with
+/// `Cancelled`, which nobody is left to read).
+fn run_texts(ex: &mut Extractor, texts: &[(&str, &oneshot::Sender<JobResult>)]) -> std::result::Result<Vec<Extraction>, JobError> {
+    let ex = &*ex;
+    let run = || -> sener::Result<Vec<Extraction>> {
+        texts.iter().map(|(t, reply)| ex.extract_until(t, &ex.options, &|| reply.is_closed())).collect()
+    };
+    match std::panic::catch_unwind(AssertUnwindSafe(run)) {
         Ok(Ok(r)) if r.len() == texts.len() => Ok(r),
         Ok(Ok(r)) => Err(JobError::Internal(format!("{} results for {} texts", r.len(), texts.len()))),
+        Ok(Err(sener::Error::Cancelled)) => Err(JobError::Cancelled),
         Ok(Err(sener::Error::Input(m))) => Err(JobError::Input(m)),
         Ok(Err(e)) => Err(JobError::Internal(e.to_string())),
         Err(p) => {

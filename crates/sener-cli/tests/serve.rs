@@ -371,6 +371,34 @@ fn request_past_the_deadline_gets_504() {
     assert!(status.success(), "{status}");
 }
 
+/// Work is bounded by what the client waits for: a request far longer than the deadline gets its
+/// 504, and the model thread drops the rest of its work between segments, so a small request sent
+/// right after it is answered within its own work time instead of waiting for the big one.
+#[test]
+fn a_timed_out_request_does_not_keep_the_model_busy() {
+    let srv = Server::start(&["--timeout-secs", "2"]);
+    // The model's speed here, on a 10,000-word text (well inside the deadline).
+    let t = Instant::now();
+    let r = srv.post("/v1/extract", &json!({"text": long_text(10_000, 5)}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let per_10k = t.elapsed().as_secs_f64();
+    // 240,000 words (under the 1,000,000-character limit) take 24 times that.
+    let big = long_text(240_000, 3);
+    assert!(big.chars().count() < 1_000_000);
+    let limit = (3.0 * per_10k).max(1.5);
+    assert!(24.0 * per_10k > 2.0 + limit + 3.0, "the big request ({:.1} s) is too fast to tell", 24.0 * per_10k);
+    let t = Instant::now();
+    srv.post("/v1/extract", &json!({"text": big})).assert_error(504, "timeout");
+    assert!(t.elapsed().as_secs_f64() < 2.0 + limit, "504 after {:?}", t.elapsed());
+    let t = Instant::now();
+    let r = srv.post("/v1/extract", &json!({"text": "w5 w6 w7"}));
+    let waited = t.elapsed().as_secs_f64();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(waited < limit, "the small request waited {waited:.1} s behind the abandoned one (limit {limit:.1} s)");
+    let status = srv.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}");
+}
+
 #[test]
 fn shutdown_finishes_requests_in_flight() {
     let srv = Server::start(&[]);

@@ -44,6 +44,11 @@ pub enum Error {
     /// A model or encoder could not be fetched from the Hugging Face Hub.
     #[error("{0}")]
     Hub(String),
+
+    /// The caller gave up on the work (e.g. a server request past its deadline): see
+    /// [`crate::extract::Extractor::extract_until`].
+    #[error("cancelled")]
+    Cancelled,
 }
 
 /// Result alias used throughout the library.

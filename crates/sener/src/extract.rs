@@ -124,6 +124,16 @@ impl Extractor {
 
     /// [`Self::extract`] with other options (threshold, flat output, segment length).
     pub fn extract_with(&self, text: &str, options: &ExtractOptions) -> Result<Extraction> {
+        self.extract_until(text, options, &|| false)
+    }
+
+    /// [`Self::extract_with`] that asks `cancelled` before the text is tokenized and before
+    /// every segment, and stops with [`Error::Cancelled`] once it says yes: a server drops the
+    /// work of a client that has gone or whose deadline has passed, instead of finishing it.
+    pub fn extract_until(&self, text: &str, options: &ExtractOptions, cancelled: &dyn Fn() -> bool) -> Result<Extraction> {
+        if cancelled() {
+            return Err(Error::Cancelled);
+        }
         let mut doc = Document::new("input", text);
         doc.segment_words(self.model.config.splitter);
         let words = doc.word_count();
@@ -141,6 +151,9 @@ impl Extractor {
         };
         let mut per_segment = Vec::with_capacity(segments.len());
         for s in &segments {
+            if cancelled() {
+                return Err(Error::Cancelled);
+            }
             per_segment.push((s.word_offset, self.model.predict_segment(s, self.special.pad, &options.decode)?.1));
         }
         let offsets = doc.offsets();
