@@ -125,6 +125,36 @@ fn brat_round_trip_is_identical() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// An entity across a line break is written as brat writes one (fragments between the breaks, the
+/// text column equal to the fragments' text), and read back as one entity; the older single-span
+/// form with the break written as a space still reads, and a gap that is not a line break keeps
+/// an entity discontinuous.
+#[test]
+fn brat_entities_across_line_breaks_keep_their_text() {
+    let dir = std::env::temp_dir().join(format!("sener-data-brat-nl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = "Dr. Ada\r\nLovelace\n\nwrote x.";
+    std::fs::write(dir.join("n.txt"), text).unwrap();
+    let mut doc = sener_data::Document::new("n", text);
+    doc.entities.push(sener_data::Entity::new(4, 17, "Person"));
+    let (_, ann) = writers::brat::render(&doc).unwrap();
+    assert_eq!(ann, "T1\tPerson 4 7;9 17\tAda Lovelace\n");
+    std::fs::write(dir.join("n.ann"), &ann).unwrap();
+    let back = brat::read(&dir.join("n.ann")).unwrap();
+    assert!(back.report.is_empty(), "{}", back.report);
+    assert_eq!((back.documents[0].entities[0].start, back.documents[0].entities[0].end), (4, 17));
+    // the older form: one span over the break, the break as a space in the text column
+    std::fs::write(dir.join("n.ann"), "T1\tPerson 4 17\tAda  Lovelace\n").unwrap();
+    let old = brat::read(&dir.join("n.ann")).unwrap();
+    assert!(old.report.is_empty(), "{}", old.report);
+    assert_eq!((old.documents[0].entities[0].start, old.documents[0].entities[0].end), (4, 17));
+    // fragments with words between them stay discontinuous
+    std::fs::write(dir.join("n.ann"), "T1\tPerson 0 3;9 17\tDr. Lovelace\n").unwrap();
+    let disc = brat::read(&dir.join("n.ann")).unwrap();
+    assert_eq!(disc.report.count(Issue::DiscontinuousEntityDropped), 1);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn brat_discontinuous_and_other_lines_are_reported() {
     let r = brat::read(&common::fixture("brat_extra/x.txt")).unwrap();

@@ -64,17 +64,26 @@ pub fn parse(source: &str, text: &str, ann: &str) -> Result<ReadResult> {
                 }
                 frags.push((a, b));
             }
-            if frags.len() > 1 {
+            // Fragments separated only by line breaks (how brat, and our writer, write an entity
+            // across lines) are one entity; any other gap makes it discontinuous.
+            let joined = frags.windows(2).all(|w| {
+                w[0].1 < w[1].0 && map.slice(text, w[0].1, w[1].0).is_some_and(|g| g.chars().all(|c| c == '\n' || c == '\r'))
+            });
+            if frags.len() > 1 && !joined {
                 out.report.note(Issue::DiscontinuousEntityDropped, || format!("{source}:{line} {id}"));
                 continue;
             }
-            let (a, b) = frags[0];
+            let (a, b) = (frags[0].0, frags[frags.len() - 1].1);
             if a == b {
                 out.report.note(Issue::EmptyEntityDropped, || format!("{source}:{line} {id}"));
                 continue;
             }
-            let got = map.slice(text, a, b).unwrap_or("");
-            if got.replace(['\n', '\r'], " ") != ann_text {
+            let got = if frags.len() > 1 {
+                frags.iter().map(|&(x, y)| map.slice(text, x, y).unwrap_or("")).collect::<Vec<_>>().join(" ")
+            } else {
+                map.slice(text, a, b).unwrap_or("").replace(['\n', '\r'], " ")
+            };
+            if got != ann_text {
                 out.report.note(Issue::AnnotationTextMismatch, || format!("{source}:{line} {id}"));
             }
             ids.insert(id, doc.entities.len());
