@@ -292,15 +292,36 @@ impl Signals {
     }
 }
 
-/// Resolves on the first SIGINT or SIGTERM; a second one ends the process at once.
+/// Resolves on the first SIGINT or SIGTERM; a second one ends the process at once (exit 130), in
+/// every later state: while connections drain, after the runtime has stopped, and while the model
+/// thread finishes its work.
 async fn shutdown_signal(mut signals: Signals) {
     let which = signals.next().await;
     eprintln!("{which}: not accepting new connections; finishing requests in flight (signal again to stop now)");
-    tokio::spawn(async move {
-        let which = signals.next().await;
-        eprintln!("{which} again: stopping now");
-        std::process::exit(130);
-    });
+    exit_on_next_signal();
+}
+
+/// Replaces the runtime's SIGINT/SIGTERM handlers with one that writes a line and exits with 130:
+/// a plain handler needs no runtime, so it works after `block_on` has returned too.
+fn exit_on_next_signal() {
+    extern "C" fn handler(_: libc::c_int) {
+        const MSG: &[u8] = b"signal again: stopping now\n";
+        // SAFETY: write(2) and _exit(2) are async-signal-safe; MSG is a static buffer.
+        unsafe {
+            libc::write(2, MSG.as_ptr().cast(), MSG.len());
+            libc::_exit(130);
+        }
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: installs a handler that only calls async-signal-safe functions; the previous
+        // (tokio's) handler is no longer needed once the first signal has been taken.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = handler as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(sig, &act, std::ptr::null_mut());
+        }
+    }
 }
 
 async fn healthz(State(st): State<Arc<AppState>>) -> Response {

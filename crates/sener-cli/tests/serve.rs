@@ -428,6 +428,38 @@ fn shutdown_finishes_requests_in_flight() {
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "still accepting after shutdown");
 }
 
+/// A second signal ends the server at once with 130, whatever the shutdown is waiting for: a
+/// connection whose request is on the model, or (client gone) only the model thread.
+#[test]
+fn a_second_signal_stops_at_once() {
+    for client_stays in [true, false] {
+        let srv = Server::start(&[]);
+        let port = srv.port;
+        let body = json!({"text": long_text(240_000, 1)}).to_string();
+        let client = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connecting");
+            let head = format!("POST /v1/extract HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+            s.write_all(head.as_bytes()).and_then(|_| s.write_all(body.as_bytes())).expect("sending");
+            if client_stays {
+                let mut sink = Vec::new();
+                let _ = s.read_to_end(&mut sink);
+            }
+        });
+        std::thread::sleep(Duration::from_millis(800));
+        // SAFETY: plain kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(srv.child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+        std::thread::sleep(Duration::from_millis(300));
+        let t = Instant::now();
+        let status = srv.stop(libc::SIGTERM);
+        assert!(t.elapsed() < Duration::from_secs(3), "client_stays {client_stays}: stopped after {:?}", t.elapsed());
+        assert!(status.code() == Some(130) || status.success(), "client_stays {client_stays}: {status}");
+        if client_stays {
+            assert_eq!(status.code(), Some(130), "the first signal waits for the request; the second stops");
+        }
+        client.join().expect("client thread");
+    }
+}
+
 #[test]
 fn bad_settings_fail_at_startup_and_a_signal_right_after_start_is_clean() {
     let srv = Server::start(&[]);
