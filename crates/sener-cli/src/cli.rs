@@ -41,7 +41,7 @@ pub enum Command {
     #[command(subcommand)]
     Bench(BenchCommand),
     /// HTTP/JSON server: entities from texts posted to /v1/extract (see docs/api.md).
-    Serve(ServeArgs),
+    Serve(crate::serve::ServeArgs),
 }
 
 /// Arrow-attention flags shared by every command that runs an encoder.
@@ -143,50 +143,6 @@ pub struct ExtractArgs {
     /// Subwords shared by consecutive segments.
     #[arg(long, default_value_t = 0)]
     pub overlap: usize,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-}
-
-#[derive(Args, Debug)]
-pub struct ServeArgs {
-    /// sener model folder.
-    #[arg(long)]
-    pub model: PathBuf,
-    /// Address to listen on; port 0 picks a free port (the bound address is printed on stdout).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub addr: String,
-    /// Default decision threshold (a request's `threshold` overrides it; default: the model's
-    /// calibrated per-type thresholds, or 0.5).
-    #[arg(long)]
-    pub threshold: Option<f32>,
-    /// Segment length in tokens (default: the model's).
-    #[arg(long)]
-    pub max_len: Option<usize>,
-    /// Subwords shared by consecutive segments.
-    #[arg(long, default_value_t = 0)]
-    pub overlap: usize,
-    /// Largest request body in bytes (413 beyond).
-    #[arg(long, default_value_t = 10 << 20)]
-    pub max_body_bytes: usize,
-    /// Longest text in Unicode code points (422 beyond).
-    #[arg(long, default_value_t = 1_000_000)]
-    pub max_text_chars: usize,
-    /// Most texts in one request (422 beyond).
-    #[arg(long, default_value_t = 64)]
-    pub max_batch: usize,
-    /// Requests that may wait for the model; when full, requests get 503 with Retry-After.
-    #[arg(long, default_value_t = 16)]
-    pub queue: usize,
-    /// Most texts the model worker takes from the queue for one batch.
-    #[arg(long, default_value_t = 64)]
-    pub batch_texts: usize,
-    /// Time limit of one request (body, queue and model), in seconds; 504 beyond.
-    #[arg(long, default_value_t = 120.0)]
-    pub timeout_secs: f64,
-    /// A connection that has not sent a request's complete headers within this many seconds is
-    /// closed (slow or stuck clients cannot hold connections open).
-    #[arg(long, default_value_t = 10.0)]
-    pub header_timeout_secs: f64,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }

@@ -16,13 +16,16 @@
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -32,7 +35,60 @@ use sener_data::segment::SegmentConfig;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::cli::ServeArgs;
+/// `sener serve`'s flags.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// sener model folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Address to listen on; port 0 picks a free port (the bound address is printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: String,
+    /// Default decision threshold (a request's `threshold` overrides it; default: the model's
+    /// calibrated per-type thresholds, or 0.5).
+    #[arg(long)]
+    pub threshold: Option<f32>,
+    /// Segment length in tokens (default: the model's).
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    /// Subwords shared by consecutive segments.
+    #[arg(long, default_value_t = 0)]
+    pub overlap: usize,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, default_value_t = 10 << 20)]
+    pub max_body_bytes: usize,
+    /// Longest text in Unicode code points (422 beyond).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_text_chars: usize,
+    /// Most texts in one request (422 beyond).
+    #[arg(long, default_value_t = 64)]
+    pub max_batch: usize,
+    /// Requests that may wait for the model; when full, requests get 503 with Retry-After.
+    #[arg(long, default_value_t = 16)]
+    pub queue: usize,
+    /// Most texts the model worker takes from the queue for one batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch_texts: usize,
+    /// Time limit of one request (body, queue and model), in seconds; 504 beyond.
+    #[arg(long, default_value_t = 120.0)]
+    pub timeout_secs: f64,
+    /// A connection that has not sent a request's complete headers within this many seconds is
+    /// closed (slow or stuck clients cannot hold connections open).
+    #[arg(long, default_value_t = 10.0)]
+    pub header_timeout_secs: f64,
+    /// Browser origins (`https://app.example.org`) allowed to call the API; a request carrying any
+    /// other `Origin` header gets 403 (a web page cannot make a browser post to the server).
+    /// Repeatable. [none: only clients that send no `Origin`, such as curl and scripts]
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origins: Vec<String>,
+    /// File holding an API key: every `/v1/` request must then send `Authorization: Bearer
+    /// <key>` (401 otherwise). Without it, binding a non-loopback address prints a warning.
+    #[arg(long)]
+    pub api_key_file: Option<PathBuf>,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
 
 /// Response header of `/v1/extract`: how many requests shared the model call that answered it.
 const BATCH_HEADER: &str = "x-sener-batch-requests";
@@ -147,6 +203,7 @@ struct Job {
 }
 
 struct AppState {
+    access: Access,
     queue: mpsc::Sender<Job>,
     limits: Limits,
     default_threshold: Option<f32>,
@@ -176,6 +233,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let listener = std::net::TcpListener::bind(a.addr.as_str()).with_context(|| format!("binding {}", a.addr))?;
     listener.set_nonblocking(true).context("setting the listener non-blocking")?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    let access = Access::from_args(&a, addr)?;
 
     let device = crate::cli::parse_device(&a.device)?;
     let model_dir = crate::cli::model_dir(&a.model)?;
@@ -197,7 +255,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .spawn(move || worker(ex, base, rx, batch_texts))
         .context("starting the model thread")?;
 
-    let state = Arc::new(AppState { queue: tx, limits: limits.clone(), default_threshold: a.threshold, model_info });
+    let state = Arc::new(AppState { access, queue: tx, limits: limits.clone(), default_threshold: a.threshold, model_info });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let served = rt.block_on(serve(listener, addr, state));
     // The router (and with it the queue's only sender) is gone: the worker finishes what it holds
@@ -266,7 +324,93 @@ fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), check_access))
         .with_state(state)
+}
+
+/// Who may call the server: browser origins, the `Host` names a loopback server answers to, and
+/// the API key.
+#[derive(Debug)]
+struct Access {
+    allow_origins: Vec<String>,
+    /// `Some(port)` when bound to a loopback address: only `localhost`, `127.0.0.1` and `[::1]`
+    /// (with or without that port) are accepted as `Host`, so a DNS-rebinding page cannot reach it.
+    loopback_port: Option<u16>,
+    api_key: Option<Vec<u8>>,
+}
+
+impl Access {
+    fn from_args(a: &ServeArgs, addr: SocketAddr) -> Result<Self> {
+        for o in &a.allow_origins {
+            let ok = (o.starts_with("http://") || o.starts_with("https://")) && !o.ends_with('/') && !o.contains(char::is_whitespace);
+            if !ok {
+                bail!("--allow-origin {o:?}: expected an origin such as https://app.example.org (scheme and host, no path)");
+            }
+        }
+        let api_key = match &a.api_key_file {
+            Some(p) => {
+                let meta = std::fs::metadata(p).with_context(|| format!("--api-key-file {}", p.display()))?;
+                if meta.len() > 4096 {
+                    bail!("--api-key-file {}: {} bytes; an API key is at most 4096", p.display(), meta.len());
+                }
+                let key = std::fs::read_to_string(p).with_context(|| format!("reading --api-key-file {}", p.display()))?;
+                let key = key.trim();
+                if key.len() < 16 || key.contains(char::is_whitespace) {
+                    bail!("--api-key-file {}: the key must be at least 16 characters, without spaces", p.display());
+                }
+                Some(key.as_bytes().to_vec())
+            }
+            None => None,
+        };
+        let loopback = addr.ip().is_loopback();
+        if !loopback && api_key.is_none() {
+            eprintln!("WARNING: listening on {addr}, reachable from other machines, without --api-key-file: anyone who can reach it can use it");
+        }
+        Ok(Self { allow_origins: a.allow_origins.clone(), loopback_port: loopback.then_some(addr.port()), api_key })
+    }
+
+    fn host_ok(&self, host: Option<&str>) -> bool {
+        let Some(port) = self.loopback_port else { return true };
+        let Some(host) = host else { return false };
+        let (name, p) = match host.rsplit_once(':') {
+            Some((n, p)) if !p.contains(']') => (n, Some(p)),
+            _ => (host, None),
+        };
+        let name_ok = matches!(name.to_ascii_lowercase().as_str(), "localhost" | "127.0.0.1" | "[::1]");
+        name_ok && p.is_none_or(|p| p == port.to_string())
+    }
+
+    fn key_ok(&self, auth: Option<&str>) -> bool {
+        let Some(key) = &self.api_key else { return true };
+        let Some(given) = auth.and_then(|a| a.strip_prefix("Bearer ")) else { return false };
+        // constant time in the key's length
+        let given = given.trim().as_bytes();
+        given.len() == key.len() && given.iter().zip(key).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+/// Refuses, before anything else: a `Host` a loopback server does not answer to (403
+/// `forbidden_host`), a browser `Origin` not allowed (403 `forbidden_origin`), and a `/v1/`
+/// request without the API key (401 `unauthorized`). `/healthz` needs no key.
+async fn check_access(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let h = req.headers();
+    let text = |name: header::HeaderName| h.get(name).and_then(|v| v.to_str().ok());
+    if !st.access.host_ok(text(header::HOST)) {
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden_host", "this server answers only to localhost, 127.0.0.1 and [::1]").into_response();
+    }
+    if let Some(origin) = h.get(header::ORIGIN) {
+        let allowed = origin.to_str().is_ok_and(|o| st.access.allow_origins.iter().any(|a| a == o));
+        if !allowed {
+            return ApiError::new(StatusCode::FORBIDDEN, "forbidden_origin", "requests from this browser origin are not allowed (see --allow-origin)")
+                .into_response();
+        }
+    }
+    if req.uri().path().starts_with("/v1/") && !st.access.key_ok(text(header::AUTHORIZATION)) {
+        let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)").into_response();
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    next.run(req).await
 }
 
 /// SIGTERM and SIGINT streams.

@@ -117,9 +117,17 @@ impl Resp {
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`).
 fn http(port: u16, method: &str, path: &str, body: Option<&[u8]>) -> Resp {
+    http_with(port, method, path, &[("Host", &format!("127.0.0.1:{port}"))], body)
+}
+
+/// A request with the given headers (`Host` among them, or none).
+fn http_with(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the server");
     s.set_read_timeout(Some(Duration::from_secs(60))).expect("read timeout");
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
     if let Some(b) = body {
         head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()));
     }
@@ -428,6 +436,68 @@ fn shutdown_finishes_requests_in_flight() {
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "still accepting after shutdown");
 }
 
+/// Browser pages and DNS rebinding cannot use a loopback server; an API key guards `/v1/`.
+#[test]
+fn origins_hosts_and_api_keys_are_checked() {
+    let srv = Server::start(&[]);
+    let p = srv.port;
+    let host = format!("127.0.0.1:{p}");
+    let body = br#"{"text": "w5 w6"}"#;
+    assert_eq!(http_with(p, "GET", "/healthz", &[("Host", &format!("localhost:{p}"))], None).status, 200);
+    assert_eq!(http_with(p, "GET", "/healthz", &[("Host", &format!("[::1]:{p}"))], None).status, 200);
+    // a rebinding page's Host, a wrong port, no Host at all
+    for h in [vec![("Host", "evil.example")], vec![("Host", "127.0.0.1:1")], vec![]] {
+        http_with(p, "POST", "/v1/extract", &h, Some(body)).assert_error(403, "forbidden_host");
+    }
+    // a browser on another origin (text/plain is a "simple" cross-origin request)
+    let r = http_with(p, "POST", "/v1/extract", &[("Host", &host), ("Origin", "https://evil.example"), ("Content-Type", "text/plain")], Some(body));
+    r.assert_error(403, "forbidden_origin");
+    assert_eq!(http_with(p, "POST", "/v1/extract", &[("Host", &host)], Some(body)).status, 200, "no Origin: curl, scripts");
+    drop(srv);
+
+    let dir = std::env::temp_dir().join(format!("sener-serve-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("key");
+    std::fs::write(&key_file, "s3cret-key-of-32-characters-long\n").unwrap();
+    let srv = Server::start(&["--allow-origin", "https://app.example.org", "--api-key-file", key_file.to_str().unwrap()]);
+    let p = srv.port;
+    let host = format!("127.0.0.1:{p}");
+    let app = ("Origin", "https://app.example.org");
+    let ok = ("Authorization", "Bearer s3cret-key-of-32-characters-long");
+    assert_eq!(http_with(p, "POST", "/v1/extract", &[("Host", &host), app, ok], Some(body)).status, 200);
+    assert_eq!(http_with(p, "GET", "/v1/model", &[("Host", &host), ok], None).status, 200);
+    let r = http_with(p, "GET", "/v1/model", &[("Host", &host), app], None);
+    r.assert_error(401, "unauthorized");
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    http_with(p, "GET", "/v1/model", &[("Host", &host), ("Authorization", "Bearer s3cret-key-of-32-characters-lonG")], None).assert_error(401, "unauthorized");
+    http_with(p, "GET", "/v1/model", &[("Host", &host), ("Origin", "https://app.example.org.evil"), ok], None).assert_error(403, "forbidden_origin");
+    assert_eq!(http_with(p, "GET", "/healthz", &[("Host", &host)], None).status, 200, "health needs no key");
+    drop(srv);
+
+    // bad settings
+    std::fs::write(&key_file, "short").unwrap();
+    for (args, needle) in [
+        (vec!["--allow-origin", "app.example.org"], "--allow-origin"),
+        (vec!["--allow-origin", "https://app.example.org/"], "--allow-origin"),
+        (vec!["--api-key-file", key_file.to_str().unwrap()], "at least 16 characters"),
+        (vec!["--api-key-file", "/no/such/key"], "--api-key-file"),
+    ] {
+        let model = dir.join("model");
+        if !model.exists() {
+            tiny_model(&dir);
+        }
+        let o = Command::new(env!("CARGO_BIN_EXE_sener"))
+            .args(["serve", "--model", model.to_str().unwrap(), "--addr", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .expect("running sener serve");
+        assert!(!o.status.success(), "{args:?} accepted");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// A second signal ends the server at once with 130, whatever the shutdown is waiting for: a
 /// connection whose request is on the model, or (client gone) only the model thread.
 #[test]
@@ -438,7 +508,7 @@ fn a_second_signal_stops_at_once() {
         let body = json!({"text": long_text(240_000, 1)}).to_string();
         let client = std::thread::spawn(move || {
             let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connecting");
-            let head = format!("POST /v1/extract HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+            let head = format!("POST /v1/extract HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
             s.write_all(head.as_bytes()).and_then(|_| s.write_all(body.as_bytes())).expect("sending");
             if client_stays {
                 let mut sink = Vec::new();
