@@ -67,7 +67,16 @@ pub fn model_card(c: &CardInfo) -> String {
         m.arrow.window,
         match (&m.lora, m.base.finetuned_from.is_some()) {
             (_, true) => "fully fine-tuned (the model carries its encoder in `encoder/`)".to_string(),
-            (Some(l), _) => format!("LoRA r {} / α {} on Q and V", l.r, l.alpha),
+            (Some(l), _) => {
+                let on = if l.targets.iter().map(String::as_str).eq(["query", "value"]) {
+                    "Q and V".to_string()
+                } else if l.targets.len() == crate::encoder::lora::TARGETS.len() {
+                    "every linear layer of the encoder".to_string()
+                } else {
+                    l.targets.join(", ")
+                };
+                format!("LoRA r {} / α {} on {on}", l.r, l.alpha)
+            }
             (None, _) => "a frozen encoder".to_string(),
         },
         m.span.window,
@@ -96,13 +105,13 @@ pub fn model_card(c: &CardInfo) -> String {
     s.push_str("## Training\n\n");
     let _ = writeln!(
         s,
-        "Recipe `{}`: {} training documents from `{}`, {} optimiser steps of {} segments{}, learning rates {} (encoder side) and {} (new layers), seed {}. The effective configuration is `train.json` beside this card when the folder was published with it.\n",
+        "Recipe `{}`: {} training documents from `{}`; the kept model after {} optimiser steps of {} segments{}, learning rates {} (encoder side) and {} (new layers), seed {}. The effective configuration is `train.json` beside this card when the folder was published with it.\n",
         cfg.recipe.as_str(),
         c.train_documents,
         cfg.train.display(),
         c.steps,
         cfg.batch_size,
-        c.epoch.map(|e| format!(", best held-out epoch {}", e + 1)).unwrap_or_default(),
+        c.epoch.map(|e| format!(" (held-out epoch {}, counting from 1)", e + 1)).unwrap_or_default(),
         cfg.lr_encoder,
         cfg.lr_new,
         cfg.seed
