@@ -393,10 +393,22 @@ fn brat_output_writes_one_ann_per_document() {
         assert_eq!(t_lines.len(), expected[k]["entities"].as_array().unwrap().len());
         for l in t_lines {
             // The text column is everything after the second tab (it may hold tabs itself).
+            // An entity across line breaks is written as brat does: fragments between the breaks
+            // (`Type a b;c d`), the text column their texts joined by a space.
             let cols: Vec<&str> = l.splitn(3, '\t').collect();
-            let span: Vec<&str> = cols[1].split(' ').collect();
-            let (st, en): (usize, usize) = (span[1].parse().unwrap(), span[2].parse().unwrap());
-            assert_eq!(chars[st..en].iter().collect::<String>().replace(['\n', '\r'], " "), cols[2], "{l}");
+            let (_, offs) = cols[1].split_once(' ').unwrap();
+            let frags: Vec<(usize, usize)> = offs
+                .split(';')
+                .map(|f| {
+                    let (a, b) = f.split_once(' ').unwrap();
+                    (a.parse().unwrap(), b.parse().unwrap())
+                })
+                .collect();
+            let text = frags.iter().map(|&(a, b)| chars[a..b].iter().collect::<String>()).collect::<Vec<_>>().join(" ");
+            assert_eq!(text, cols[2], "{l}");
+            for w in frags.windows(2) {
+                assert!(chars[w[0].1..w[1].0].iter().all(|c| *c == '\n' || *c == '\r'), "{l}: only line breaks between fragments");
+            }
         }
     }
     // Several documents without --output-dir: a clear error; one document: the .ann on stdout.
