@@ -210,18 +210,9 @@ fn read_source(s: &Source, limit: u64) -> Result<Vec<u8>> {
     }
 }
 
-/// Text files with NUL bytes are almost never text: refuse them with a clear message instead of
-/// extracting from garbage.
-fn check_not_binary(name: &str, bytes: &[u8]) -> Result<()> {
-    if let Some(i) = bytes.iter().position(|&b| b == 0) {
-        bail!("{name}: looks binary (NUL byte at offset {i}); sener reads UTF-8 text");
-    }
-    Ok(())
-}
-
-/// UTF-8 text of `bytes` (a leading byte-order mark dropped: offsets count from after it).
+/// UTF-8 text of `bytes` (a leading byte-order mark dropped: offsets count from after it). NUL
+/// bytes were refused while reading ([`read_source`]).
 fn decode_text(name: &str, bytes: Vec<u8>) -> Result<String> {
-    check_not_binary(name, &bytes)?;
     match String::from_utf8(bytes) {
         Ok(mut s) => {
             if s.starts_with('\u{feff}') {

@@ -240,19 +240,19 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let mut ex = Extractor::load_on(&model_dir, &device).with_context(|| format!("loading model {}", a.model.display()))?;
     let segments = SegmentConfig { max_len: a.max_len.unwrap_or(ex.model.config.max_len), overlap: a.overlap };
     segments.validate().context("--max-len / --overlap")?;
-    let base = ExtractOptions {
+    // The server's defaults; a request's threshold and `flat` are laid over them per batch.
+    ex.options = ExtractOptions {
         decode: DecodeOptions { threshold: a.threshold.map_or_else(|| ex.model.config.threshold(), Threshold::Global), ..DecodeOptions::default() },
         max_len: a.max_len,
         overlap: a.overlap,
     };
-    ex.options = base.clone();
     let model_info = model_info(&ex, &a, &limits);
 
     let (tx, rx) = mpsc::channel::<Job>(limits.queue);
     let batch_texts = limits.batch_texts;
     let worker = std::thread::Builder::new()
         .name("sener-model".into())
-        .spawn(move || worker(ex, base, rx, batch_texts))
+        .spawn(move || worker(ex, rx, batch_texts))
         .context("starting the model thread")?;
 
     let state = Arc::new(AppState { access, queue: tx, limits: limits.clone(), default_threshold: a.threshold, model_info });
@@ -666,7 +666,7 @@ fn model_info(ex: &Extractor, a: &ServeArgs, limits: &Limits) -> Value {
 
 /// The model thread: takes the oldest job, then whatever else is already queued (up to
 /// `batch_texts` texts), runs it, answers, until every sender is gone.
-fn worker(mut ex: Extractor, base: ExtractOptions, mut rx: mpsc::Receiver<Job>, batch_texts: usize) {
+fn worker(ex: Extractor, mut rx: mpsc::Receiver<Job>, batch_texts: usize) {
     let mut carried: Option<Job> = None;
     loop {
         let first = match carried.take() {
@@ -693,31 +693,24 @@ fn worker(mut ex: Extractor, base: ExtractOptions, mut rx: mpsc::Receiver<Job>, 
         }
         // Clients that timed out or went away while waiting.
         batch.retain(|j| !j.reply.is_closed());
-        run_batch(&mut ex, &base, batch);
+        run_batch(&ex, batch);
     }
 }
 
 /// Runs the jobs grouped by options, one `extract_batch` per group; a failing group is retried
 /// job by job so one bad request does not fail the others.
-fn run_batch(ex: &mut Extractor, base: &ExtractOptions, mut jobs: Vec<Job>) {
+fn run_batch(ex: &Extractor, mut jobs: Vec<Job>) {
     while let Some(first) = jobs.first() {
         let opts = first.options;
         let (group, rest): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.options == opts);
         jobs = rest;
-        ex.options = ExtractOptions {
-            decode: DecodeOptions {
-                threshold: opts.threshold.map_or_else(|| base.decode.threshold.clone(), Threshold::Global),
-                allow_nested: !opts.flat,
-                ..base.decode.clone()
-            },
-            ..base.clone()
-        };
+        let options = ex.options.overridden(opts.threshold, opts.flat);
         // Each text goes with its request's reply channel: once that client has gone (its
         // deadline passed, or it hung up), the rest of its work is dropped between segments.
         let texts: Vec<(&str, &oneshot::Sender<JobResult>)> =
             group.iter().flat_map(|j| j.texts.iter().map(move |t| (t.as_str(), &j.reply))).collect();
         let batch_requests = group.len();
-        match run_texts(ex, &texts) {
+        match run_texts(ex, &options, &texts) {
             Ok(mut all) => {
                 for j in group {
                     let rest = all.split_off(j.texts.len().min(all.len()));
@@ -733,7 +726,7 @@ fn run_batch(ex: &mut Extractor, base: &ExtractOptions, mut jobs: Vec<Job>) {
             Err(_) => {
                 for j in group {
                     let texts: Vec<(&str, &oneshot::Sender<JobResult>)> = j.texts.iter().map(|t| (t.as_str(), &j.reply)).collect();
-                    let r = run_texts(ex, &texts).map(|results| Done { results, batch_requests: 1 });
+                    let r = run_texts(ex, &options, &texts).map(|results| Done { results, batch_requests: 1 });
                     let _ = j.reply.send(r);
                 }
             }
@@ -743,10 +736,9 @@ fn run_batch(ex: &mut Extractor, base: &ExtractOptions, mut jobs: Vec<Job>) {
 
 /// Extracts each text until its request's client has gone (then the group fails with
 /// `Cancelled`, which nobody is left to read).
-fn run_texts(ex: &mut Extractor, texts: &[(&str, &oneshot::Sender<JobResult>)]) -> std::result::Result<Vec<Extraction>, JobError> {
-    let ex = &*ex;
+fn run_texts(ex: &Extractor, options: &ExtractOptions, texts: &[(&str, &oneshot::Sender<JobResult>)]) -> std::result::Result<Vec<Extraction>, JobError> {
     let run = || -> sener::Result<Vec<Extraction>> {
-        texts.iter().map(|(t, reply)| ex.extract_until(t, &ex.options, &|| reply.is_closed())).collect()
+        texts.iter().map(|(t, reply)| ex.extract_until(t, options, &|| reply.is_closed())).collect()
     };
     match std::panic::catch_unwind(AssertUnwindSafe(run)) {
         Ok(Ok(r)) if r.len() == texts.len() => Ok(r),

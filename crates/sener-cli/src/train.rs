@@ -276,20 +276,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let json = serde_json::to_string_pretty(&cfg)?;
     eprintln!("training with:\n{json}");
     let out = &cfg.output;
-    let name = out.file_name().and_then(|s| s.to_str()).unwrap_or("model");
-    let parent = out.parent().map(PathBuf::from).unwrap_or_default();
-    std::fs::create_dir_all(&parent).ok();
-    std::fs::write(parent.join(format!("{name}.train.json")), &json).context("writing the training config")?;
-    let log_path = a.metrics_log.clone().unwrap_or_else(|| parent.join(format!("{name}.metrics.jsonl")));
-    // A resumed run appends to its log; line-buffered so that a killed run's log is complete.
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(cfg.resume)
-        .write(true)
-        .truncate(!cfg.resume)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
-    let mut log = std::io::LineWriter::new(file);
+    let (mut log, log_path) = sener::train::trainer::open_run_files(&cfg, a.metrics_log.as_deref()).context("writing the training config and opening the metrics log")?;
     // First Ctrl-C (or SIGTERM): finish the optimiser step, write the resume checkpoint, exit
     // cleanly. A second one exits at once (the last periodic checkpoint still resumes).
     let stop = Arc::new(AtomicBool::new(false));

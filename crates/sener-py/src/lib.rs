@@ -12,7 +12,6 @@ use pyo3::exceptions::{PyFileNotFoundError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use sener::decode::{DecodeOptions, Threshold};
 use sener::extract::{ExtractOptions, Extraction, Extractor as RustExtractor};
 use sener::metric::MetricResult;
 
@@ -155,15 +154,7 @@ impl Extractor {
                 return Err(PyValueError::new_err(format!("threshold {t} is not a probability in [0, 1]")));
             }
         }
-        let base = &self.inner.options;
-        Ok(ExtractOptions {
-            decode: DecodeOptions {
-                threshold: threshold.map_or_else(|| base.decode.threshold.clone(), Threshold::Global),
-                allow_nested: !flat,
-                ..base.decode.clone()
-            },
-            ..base.clone()
-        })
+        Ok(self.inner.options.overridden(threshold, flat))
     }
 }
 
@@ -264,10 +255,7 @@ fn evaluate<'py>(py: Python<'py>, model: &Bound<'py, PyAny>, data: PathBuf, form
                 return Err(PyFileNotFoundError::new_err(format!("{}: no such file or folder", data.display())));
             }
             let read = sener_data::readers::read_path(fmt, &data).map_err(|e| PyValueError::new_err(e.to_string()))?;
-            let mut opts = ex.options.clone();
-            if let Some(t) = threshold {
-                opts.decode.threshold = Threshold::Global(t);
-            }
+            let opts = ex.options.overridden(threshold, false);
             ex.evaluate(&read.documents, raw || !fmt.gives_words(), &opts).map_err(to_py)
         })
     })?;
@@ -299,21 +287,7 @@ fn train<'py>(py: Python<'py>, config: Option<&Bound<'py, PyDict>>) -> PyResult<
     let stop_flag = stop.clone();
     let report = py.detach(move || {
         guarded(|| {
-            let out = &cfg.output;
-            let name = out.file_name().and_then(|s| s.to_str()).unwrap_or("model").to_string();
-            let parent = out.parent().map(PathBuf::from).unwrap_or_default();
-            std::fs::create_dir_all(&parent).map_err(|e| PyRuntimeError::new_err(format!("{}: {e}", parent.display())))?;
-            let json = serde_json::to_string_pretty(&cfg).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-            std::fs::write(parent.join(format!("{name}.train.json")), &json).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-            let log_path = parent.join(format!("{name}.metrics.jsonl"));
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(cfg.resume)
-                .write(true)
-                .truncate(!cfg.resume)
-                .open(&log_path)
-                .map_err(|e| PyRuntimeError::new_err(format!("{}: {e}", log_path.display())))?;
-            let mut log = std::io::LineWriter::new(file);
+            let (mut log, _) = sener::train::trainer::open_run_files(&cfg, None).map_err(to_py)?;
             let mut last_print = std::time::Instant::now();
             let progress = move |p: &sener::train::trainer::Progress| {
                 // Ctrl-C arrives as a Python signal: look for it between micro-batches.

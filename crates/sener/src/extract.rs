@@ -26,7 +26,7 @@ use sener_data::align::{align, SpecialTokens, WordTokenizer};
 use sener_data::segment::{segment, SegmentConfig};
 use sener_data::Document;
 
-use crate::decode::{merge_segments, DecodeOptions};
+use crate::decode::{merge_segments, DecodeOptions, Threshold};
 use crate::model::Sener;
 use crate::{Error, Result};
 
@@ -73,6 +73,19 @@ impl Default for ExtractOptions {
     }
 }
 
+impl ExtractOptions {
+    /// These options with a caller's per-request choices: `threshold` (one for every type)
+    /// replaces the decoding threshold when given, and `flat` drops nested entities.
+    pub fn overridden(&self, threshold: Option<f32>, flat: bool) -> Self {
+        let mut o = self.clone();
+        if let Some(t) = threshold {
+            o.decode.threshold = Threshold::Global(t);
+        }
+        o.decode.allow_nested = !flat;
+        o
+    }
+}
+
 /// A loaded model plus its tokenizer, ready to extract. Extraction takes `&self`: several
 /// threads may extract with one `Extractor` at once (the tokenizer's word cache is locked only
 /// while a text is tokenized; the model runs unlocked).
@@ -108,18 +121,32 @@ impl Extractor {
     /// The word spans of `doc` (which has words) predicted by the model, merged across segments:
     /// `(start, end_inclusive, label index, score)` per span.
     pub fn predict_words(&self, doc: &Document, options: &ExtractOptions) -> Result<Vec<crate::decode::Span>> {
+        let (spans, _) = self.predict_spans(doc, options, &|| false).map_err(|e| match e {
+            Error::Input(m) => Error::Input(format!("document {}: {m}", doc.id)),
+            e => e,
+        })?;
+        Ok(spans)
+    }
+
+    /// Tokenizes and segments `doc` (which has words), runs the model on every segment (asking
+    /// `cancelled` before each) and merges the segments' spans; returns them and the number of
+    /// segments.
+    fn predict_spans(&self, doc: &Document, options: &ExtractOptions, cancelled: &dyn Fn() -> bool) -> Result<(Vec<crate::decode::Span>, usize)> {
         let al = {
             let mut tok = self.tokenizer.lock().map_err(|_| Error::Input("the tokenizer lock is poisoned".into()))?;
-            align(doc, &mut tok).map_err(|e| Error::Input(format!("document {}: {e}", doc.id)))?
+            align(doc, &mut tok).map_err(|e| Error::Input(e.to_string()))?
         };
         let max_len = options.max_len.unwrap_or(self.model.config.max_len);
         let cfg = SegmentConfig { max_len, overlap: options.overlap };
-        let seg = segment(doc, &al, &[], &self.special, &cfg).map_err(|e| Error::Input(e.to_string()))?;
-        let mut per_segment = Vec::with_capacity(seg.segments.len());
-        for s in &seg.segments {
+        let segments = segment(doc, &al, &[], &self.special, &cfg).map_err(|e| Error::Input(e.to_string()))?.segments;
+        let mut per_segment = Vec::with_capacity(segments.len());
+        for s in &segments {
+            if cancelled() {
+                return Err(Error::Cancelled);
+            }
             per_segment.push((s.word_offset, self.model.predict_segment(s, self.special.pad, &options.decode)?.1));
         }
-        Ok(merge_segments(&per_segment))
+        Ok((merge_segments(&per_segment), segments.len()))
     }
 
     /// [`Self::extract`] with other options (threshold, flat output, segment length).
@@ -140,25 +167,10 @@ impl Extractor {
         if words == 0 {
             return Ok(Extraction { entities: Vec::new(), words: 0, segments: 0 });
         }
-        let max_len = options.max_len.unwrap_or(self.model.config.max_len);
-        let segments = {
-            let al = {
-                let mut tok = self.tokenizer.lock().map_err(|_| Error::Input("the tokenizer lock is poisoned".into()))?;
-                align(&doc, &mut tok).map_err(|e| Error::Input(e.to_string()))?
-            };
-            let cfg = SegmentConfig { max_len, overlap: options.overlap };
-            segment(&doc, &al, &[], &self.special, &cfg).map_err(|e| Error::Input(e.to_string()))?.segments
-        };
-        let mut per_segment = Vec::with_capacity(segments.len());
-        for s in &segments {
-            if cancelled() {
-                return Err(Error::Cancelled);
-            }
-            per_segment.push((s.word_offset, self.model.predict_segment(s, self.special.pad, &options.decode)?.1));
-        }
+        let (spans, segments) = self.predict_spans(&doc, options, cancelled)?;
         let offsets = doc.offsets();
         let mut entities = Vec::new();
-        for sp in merge_segments(&per_segment) {
+        for sp in spans {
             let span = doc
                 .word_range_chars(sp.start, sp.end + 1)
                 .ok_or_else(|| Error::Input(format!("span {}..{} outside the {words} words", sp.start, sp.end + 1)))?;
@@ -176,7 +188,7 @@ impl Extractor {
             });
         }
         entities.sort_by(|a, b| (a.start, a.end, &a.label).cmp(&(b.start, b.end, &b.label)));
-        Ok(Extraction { entities, words, segments: segments.len() })
+        Ok(Extraction { entities, words, segments })
     }
 
     /// Entities of several texts, in input order.

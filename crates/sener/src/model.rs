@@ -239,11 +239,7 @@ impl SenerConfig {
         if !dir.is_dir() {
             return Err(Error::model(dir, "no such model folder"));
         }
-        let meta = std::fs::metadata(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-        if meta.len() > 1 << 20 {
-            return Err(Error::model(&cfg_path, format!("{} bytes; a model config is a few KB (at most 1 MiB is read)", meta.len())));
-        }
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let text = crate::weights::read_config_text(&cfg_path, "a model config")?;
         let config: SenerConfig = serde_json::from_str(&text).map_err(|e| Error::Json { path: cfg_path.clone(), message: e.to_string() })?;
         config.validate().map_err(|m| Error::model(&cfg_path, m))?;
         Ok(config)

@@ -8,6 +8,16 @@ use candle_nn::VarBuilder;
 
 use crate::{Error, Result};
 
+/// The text of a small JSON config of a model folder (`what` names it in the error), refused
+/// past 1 MiB before it is read: a folder from anywhere cannot make the loader read without bound.
+pub(crate) fn read_config_text(path: &Path, what: &str) -> Result<String> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.len() > 1 << 20 {
+        return Err(Error::model(path, format!("{} bytes; {what} is a few KB (at most 1 MiB is read)", meta.len())));
+    }
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+}
+
 /// The weight files found in a model folder.
 #[derive(Clone, Debug)]
 pub enum WeightFiles {

@@ -482,11 +482,7 @@ fn adapter_paths(path: &Path) -> Result<(PathBuf, Option<f64>)> {
 /// other fields are left alone (they differ between PEFT versions).
 fn peft_alpha(cpath: &Path) -> Result<Option<f64>> {
     let bad = |m: String| Error::Json { path: cpath.to_path_buf(), message: m };
-    let meta = std::fs::metadata(cpath).map_err(|e| Error::io(cpath, e))?;
-    if meta.len() > 1 << 20 {
-        return Err(bad(format!("{} bytes; an adapter config is a few KB (at most 1 MiB is read)", meta.len())));
-    }
-    let text = std::fs::read_to_string(cpath).map_err(|e| Error::io(cpath, e))?;
+    let text = crate::weights::read_config_text(cpath, "an adapter config")?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let o = v.as_object().ok_or_else(|| bad("not a JSON object".into()))?;
     if let Some(t) = o.get("peft_type").filter(|t| !t.is_null()) {

@@ -424,12 +424,13 @@ fn choose_splitter(choice: SplitterChoice, docs: &[Document], format: Format) ->
     }
 }
 
-/// Cuts the documents of a raw-text format into words with `splitter` (documents of formats
-/// with their own words keep them). Returns how many words had to be split further because an
-/// entity starts or ends inside them (logged: the annotation disagrees with the splitter there).
-fn resegment(docs: &mut [Document], format: Format, splitter: Splitter) -> usize {
+/// Cuts the documents of a raw-text format (read from `path`) into words with `splitter`
+/// (documents of formats with their own words keep them). Words that had to be split further
+/// because an entity starts or ends inside them go to the metrics log: the annotation disagrees
+/// with the splitter there.
+fn resegment(docs: &mut [Document], format: Format, splitter: Splitter, path: &Path, log: &mut dyn Write) -> Result<()> {
     if format.gives_words() {
-        return 0;
+        return Ok(());
     }
     let mut split = 0;
     for d in docs {
@@ -437,7 +438,11 @@ fn resegment(docs: &mut [Document], format: Format, splitter: Splitter) -> usize
             split += d.segment_words(splitter);
         }
     }
-    split
+    if split > 0 {
+        writeln!(log, "{}", serde_json::json!({"event": "words_split_at_entity_boundaries", "path": path, "words": split, "splitter": splitter}))
+            .map_err(|e| Error::io("metrics log", e))?;
+    }
+    Ok(())
 }
 
 /// Tokenizes and segments `docs` (read from `path`, named in errors) into labelled examples.
@@ -686,6 +691,28 @@ fn save_resume(dir: &Path, model: &Sener, opt: &AdamW, state: &ResumeState) -> R
     replace_dir(&tmp, dir)
 }
 
+/// The files a run writes beside its output folder: `<output>.train.json` (the effective
+/// config, which `--config` takes back) is written, and the metrics log (`metrics_log`, default
+/// `<output>.metrics.jsonl`; appended to on `resume`, else truncated; line-buffered so that a
+/// killed run's log is complete) is opened. Returns the log and its path.
+pub fn open_run_files(cfg: &TrainConfig, metrics_log: Option<&Path>) -> Result<(std::io::LineWriter<std::fs::File>, PathBuf)> {
+    let name = cfg.output.file_name().and_then(|s| s.to_str()).unwrap_or("model");
+    let parent = cfg.output.parent().map(PathBuf::from).unwrap_or_default();
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    let json = serde_json::to_string_pretty(cfg).map_err(|e| Error::Input(e.to_string()))?;
+    let cfg_path = parent.join(format!("{name}.train.json"));
+    std::fs::write(&cfg_path, json).map_err(|e| Error::io(&cfg_path, e))?;
+    let log_path = metrics_log.map_or_else(|| parent.join(format!("{name}.metrics.jsonl")), Path::to_path_buf);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(cfg.resume)
+        .write(true)
+        .truncate(!cfg.resume)
+        .open(&log_path)
+        .map_err(|e| Error::io(&log_path, e))?;
+    Ok((std::io::LineWriter::new(file), log_path))
+}
+
 /// Runs training; `log` receives one JSON line per optimiser step and per evaluation.
 pub fn train(cfg: &TrainConfig, device: &Device, log: &mut dyn Write) -> Result<TrainReport> {
     train_with(cfg, device, log, TrainHooks::default())
@@ -707,11 +734,7 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
     writeln!(log, "{}", serde_json::json!({"event": "splitter", "choice": cfg.splitter.to_string(), "splitter": splitter,
         "agreement": agreement.iter().map(|(s, a)| serde_json::json!({"splitter": s, "word_f1": a.f1(), "disagreements_per_1000": a.disagreements_per_1000()})).collect::<Vec<_>>()}))
         .map_err(|e| Error::io("metrics log", e))?;
-    let split_words = resegment(&mut train_docs, format, splitter);
-    if split_words > 0 {
-        writeln!(log, "{}", serde_json::json!({"event": "words_split_at_entity_boundaries", "path": cfg.train, "words": split_words, "splitter": splitter}))
-            .map_err(|e| Error::io("metrics log", e))?;
-    }
+    resegment(&mut train_docs, format, splitter, &cfg.train, log)?;
     let (train_docs, held_docs) = if cfg.dev.is_none() { sener_data::holdout::holdout_split(train_docs, cfg.holdout) } else { (train_docs, Vec::new()) };
     if !held_docs.is_empty() {
         let ids: Vec<&str> = held_docs.iter().map(|d| d.id.as_str()).collect();
@@ -731,11 +754,7 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
     let dev_split = match &cfg.dev {
         Some(p) => {
             let mut docs = read_docs(p, format, log)?;
-            let split_words = resegment(&mut docs, format, splitter);
-            if split_words > 0 {
-                writeln!(log, "{}", serde_json::json!({"event": "words_split_at_entity_boundaries", "path": p, "words": split_words, "splitter": splitter}))
-                    .map_err(|e| Error::io("metrics log", e))?;
-            }
+            resegment(&mut docs, format, splitter, p, log)?;
             Some(prepare(p, docs, &mut tok, &special, &labels, cfg)?)
         }
         None if !held_docs.is_empty() => Some(prepare(&cfg.train, held_docs, &mut tok, &special, &labels, cfg)?),
