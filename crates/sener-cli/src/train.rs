@@ -135,6 +135,11 @@ pub struct TrainArgs {
     /// Labels in logit order, comma-separated. [sorted labels of the training data]
     #[arg(long, value_delimiter = ',')]
     pub labels: Option<Vec<String>>,
+    /// Start from a trained sener model folder (its adapter and span side) instead of fresh
+    /// layers: adapt a model to your own data with the same types, or give a finished run a second
+    /// schedule. Its labels, span and arrow settings, LoRA shape and base must be this run's. [none]
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
     /// Continue an interrupted run from `<output>.resume/` (same configuration); an error when
     /// there is no checkpoint.
     #[arg(long)]
@@ -219,6 +224,9 @@ pub fn config_from(a: &TrainArgs) -> Result<TrainConfig> {
     }
     if a.license.is_some() {
         c.license = a.license.clone();
+    }
+    if a.init_from.is_some() {
+        c.init_from = a.init_from.clone();
     }
     if let Some(t) = &a.lora_targets {
         c.lora.targets = if t.iter().any(|x| x == "all") { sener::encoder::lora::TARGETS.iter().map(|s| s.to_string()).collect() } else { t.clone() };

@@ -171,3 +171,66 @@ fn full_finetuning_trains_every_weight_and_saves_the_encoder() {
     assert!(moved * 10 >= saved.len() * 9, "only {moved} of {} encoder tensors changed", saved.len());
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `init_from`: a run starts from a trained model folder's adapter and span side (with a learning
+/// rate of 1e-9 its one step leaves them as they were, where a fresh start has other weights), and
+/// a model whose settings or labels are not the run's is refused with the field named.
+#[test]
+fn init_from_starts_from_the_trained_weights_and_refuses_a_mismatch() {
+    let dir = std::env::temp_dir().join(format!("sener-train-init-{}", std::process::id()));
+    let base = tiny_base(&dir);
+    std::fs::write(dir.join("train.jsonl"), synthetic(12, 1)).unwrap();
+    let first = TrainConfig {
+        train: dir.join("train.jsonl"),
+        dev: None,
+        base: base.clone(),
+        output: dir.join("a"),
+        span: SpanConfig { window: 4, biaffine_size: 16, cnn_dim: 8, cnn_depth: 1, ..SpanConfig::default() },
+        lr_new: 1e-2,
+        lr_encoder: 1e-2,
+        batch_size: 4,
+        micro_batch: 2,
+        epochs: 2,
+        wwm: 0.0,
+        ..TrainConfig::paper()
+    };
+    train(&first, &Device::Cpu, &mut Vec::new()).unwrap();
+    let still = |output: &str, init: Option<PathBuf>| TrainConfig {
+        output: dir.join(output),
+        init_from: init,
+        lr_new: 1e-9,
+        lr_encoder: 1e-9,
+        weight_decay: 0.0,
+        max_steps: Some(1),
+        seed: 7,
+        ..first.clone()
+    };
+    let mut log = Vec::new();
+    train(&still("b", Some(first.output.clone())), &Device::Cpu, &mut log).unwrap();
+    assert!(String::from_utf8(log).unwrap().contains("\"event\":\"init_from\""));
+    train(&still("c", None), &Device::Cpu, &mut Vec::new()).unwrap();
+
+    let load = |p: PathBuf| candle_core::safetensors::load(p, &Device::Cpu).unwrap();
+    let max_diff = |a: &std::collections::HashMap<String, candle_core::Tensor>, b: &std::collections::HashMap<String, candle_core::Tensor>| {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .map(|(k, t)| (t - &b[k]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap())
+            .fold(0.0f32, f32::max)
+    };
+    for file in ["span.safetensors", "adapter/adapter_model.safetensors"] {
+        let (a, b, c) = (load(dir.join("a").join(file)), load(dir.join("b").join(file)), load(dir.join("c").join(file)));
+        assert!(max_diff(&a, &b) < 1e-6, "{file}: the initialised run moved {}", max_diff(&a, &b));
+        assert!(max_diff(&a, &c) > 1e-3, "{file}: a fresh start should differ from the trained model");
+    }
+
+    let refused = |cfg: TrainConfig| train(&cfg, &Device::Cpu, &mut Vec::new()).unwrap_err().to_string();
+    let other_span = TrainConfig { span: SpanConfig { window: 5, ..first.span.clone() }, ..still("d", Some(first.output.clone())) };
+    let e = refused(other_span);
+    assert!(e.contains("init_from") && e.contains("span settings"), "{e}");
+    let other_labels = TrainConfig { labels: Some(vec!["skill".into(), "place".into()]), ..still("d", Some(first.output.clone())) };
+    let e = refused(other_labels);
+    assert!(e.contains("labels") && e.contains("place,skill"), "{e}");
+    let e = refused(still("d", Some(dir.join("nowhere"))));
+    assert!(e.contains("nowhere"), "{e}");
+    std::fs::remove_dir_all(dir).ok();
+}

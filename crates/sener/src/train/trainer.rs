@@ -18,7 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use sener_data::align::{align, Alignment, SpecialTokens, WordTokenizer};
@@ -196,6 +196,12 @@ pub struct TrainConfig {
     /// The licence named in the model card's front matter (a Hub licence id such as `mit`,
     /// `apache-2.0`, `cc-by-4.0`; default `other`).
     pub license: Option<String>,
+    /// Start from a trained sener model folder (its LoRA adapter and span side, thresholds
+    /// recalibrated) instead of freshly initialised layers: to adapt a model to one's own data
+    /// with the same types, or to give a finished run a second schedule. Its labels, arrow and
+    /// span settings, LoRA shape and base encoder must be this run's; `prior_bias` is not applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -248,6 +254,7 @@ impl TrainConfig {
             calibrate: false,
             max_time: None,
             license: None,
+            init_from: None,
         };
         match recipe {
             Recipe::Paper => paper,
@@ -351,6 +358,76 @@ struct Split {
     examples: Vec<Example>,
     /// Entities that can never be labelled (longer than the span window or outside segments).
     unreachable: usize,
+}
+
+/// The `sener.json` of `cfg.init_from`, checked against the run: a LoRA model (full fine-tuning
+/// carries its own encoder, which `base` would have to name) whose arrow and span settings and
+/// LoRA shape are the run's, and whose labels, when the run names its own, are the same.
+fn init_config(dir: &Path, cfg: &TrainConfig) -> Result<SenerConfig> {
+    let icfg = SenerConfig::read(dir)?;
+    let differs = |what: &str, theirs: String, ours: String| {
+        Err(Error::model(dir, format!("init_from: the model's {what} ({theirs}) is not this run's ({ours})")))
+    };
+    if cfg.finetune != Finetune::Lora {
+        return Err(Error::model(dir, "init_from: only LoRA runs (finetune = lora) can start from a model folder"));
+    }
+    match &icfg.lora {
+        None => return Err(Error::model(dir, "init_from: the model carries no LoRA adapter (sener.json has no `lora`)")),
+        Some(l) if *l != cfg.lora => return differs("LoRA settings", format!("{l:?}"), format!("{:?}", cfg.lora)),
+        Some(_) => {}
+    }
+    if icfg.arrow != cfg.arrow {
+        return differs("arrow settings", format!("{:?}", icfg.arrow), format!("{:?}", cfg.arrow));
+    }
+    if icfg.span != cfg.span {
+        return differs("span settings", format!("{:?}", icfg.span), format!("{:?}", cfg.span));
+    }
+    if let Some(l) = &cfg.labels {
+        if *l != icfg.labels {
+            return differs("labels", icfg.labels.join(","), l.join(","));
+        }
+    }
+    Ok(icfg)
+}
+
+/// Sets the run's fresh adapter and span side to the weights of the model folder `dir` (checked
+/// by [`init_config`]); the base encoder must be the one the model was trained on. Returns the
+/// number of tensors set.
+fn load_init_weights(model: &Sener, dir: &Path, icfg: &SenerConfig) -> Result<usize> {
+    if let (Some(want), Some(got)) = (&icfg.base.sha256, &model.config.base.sha256) {
+        if want != got {
+            return Err(Error::model(dir, format!("init_from: the model was trained on a base encoder with sha256 {want}, this run's base has {got}")));
+        }
+    }
+    let device = model.encoder.device();
+    let load = |file: PathBuf| -> Result<HashMap<String, Tensor>> {
+        if !file.is_file() {
+            return Err(Error::model(dir, format!("init_from: no {}", file.display())));
+        }
+        candle_core::safetensors::load(&file, &device).map_err(|e| Error::model(&file, e.to_string()))
+    };
+    let adapter_file = dir.join("adapter").join("adapter_model.safetensors");
+    let adapter = load(adapter_file.clone())?;
+    let span_file = dir.join("span.safetensors");
+    let span = load(span_file.clone())?;
+    let set = |file: &Path, tensors: &HashMap<String, Tensor>, key: String, name: &str, var: &Var| -> Result<()> {
+        let t = tensors.get(&key).ok_or_else(|| Error::Weight { path: file.to_path_buf(), name: key.clone(), message: "missing".into() })?;
+        if t.dims() != var.dims() {
+            return Err(Error::Weight { path: file.to_path_buf(), name: name.to_string(), message: format!("shape {:?}, the run expects {:?}", t.dims(), var.dims()) });
+        }
+        var.set(t)?;
+        Ok(())
+    };
+    let mut n = 0;
+    for (name, var) in model.encoder.trainable() {
+        set(&adapter_file, &adapter, format!("base_model.model.{name}"), &name, &var)?;
+        n += 1;
+    }
+    for (name, var) in model.span.params() {
+        set(&span_file, &span, name.clone(), &name, &var)?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Per type, `ln(p / (1 − p))` with p the share of valid band cells that are positive for that
@@ -741,9 +818,14 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
         writeln!(log, "{}", serde_json::json!({"event": "holdout", "fraction": cfg.holdout, "documents": ids}))
             .map_err(|e| Error::io("metrics log", e))?;
     }
-    let labels = match &cfg.labels {
-        Some(l) => l.clone(),
-        None => {
+    let init = match &cfg.init_from {
+        Some(dir) => Some(init_config(dir, cfg)?),
+        None => None,
+    };
+    let labels = match (&cfg.labels, &init) {
+        (Some(l), _) => l.clone(),
+        (None, Some(i)) => i.labels.clone(),
+        (None, None) => {
             let mut set: Vec<String> = train_docs.iter().flat_map(|d| d.entities.iter().map(|e| e.label.clone())).collect();
             set.sort();
             set.dedup();
@@ -784,7 +866,10 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
         thresholds: None,
     };
     let mut model = Sener { config, encoder, span };
-    if cfg.prior_bias {
+    if let (Some(dir), Some(icfg)) = (&cfg.init_from, &init) {
+        let n = load_init_weights(&model, dir, icfg)?;
+        writeln!(log, "{}", serde_json::json!({"event": "init_from", "path": dir, "tensors": n})).map_err(|e| Error::io("metrics log", e))?;
+    } else if cfg.prior_bias {
         let bias = prior_log_odds(&train_split, Band::new(cfg.span.window), labels.len());
         for (name, var) in model.span.params() {
             if name == "down_fc.bias" {
