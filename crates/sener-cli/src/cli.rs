@@ -232,6 +232,9 @@ pub enum BenchCommand {
     /// One whole-model measurement (used by `bench model`; prints one JSON line).
     #[command(hide = true)]
     ModelOne(BenchModelOneArgs),
+    /// Extraction words/s on many short documents (one call each, and `extract_batch`) against
+    /// one long document, side by side with one model.
+    Throughput(crate::bench_throughput::BenchThroughputArgs),
 }
 
 #[derive(Args, Debug)]
@@ -483,6 +486,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::TrainStepOne(a)) => crate::bench::run_train_step_one(a),
         Command::Bench(BenchCommand::Model(a)) => crate::bench_model::run(a),
         Command::Bench(BenchCommand::ModelOne(a)) => crate::bench_model::run_one(a),
+        Command::Bench(BenchCommand::Throughput(a)) => crate::bench_throughput::run(a),
         Command::Serve(a) => crate::serve::run(a),
     }
 }

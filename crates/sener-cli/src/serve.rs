@@ -734,11 +734,12 @@ fn run_batch(ex: &Extractor, mut jobs: Vec<Job>) {
     }
 }
 
-/// Extracts each text until its request's client has gone (then the group fails with
-/// `Cancelled`, which nobody is left to read).
+/// Extracts the texts in shared forward passes until one of their requests' clients has gone
+/// (then the group fails with `Cancelled`, and `run_batch` retries its requests one by one).
 fn run_texts(ex: &Extractor, options: &ExtractOptions, texts: &[(&str, &oneshot::Sender<JobResult>)]) -> std::result::Result<Vec<Extraction>, JobError> {
     let run = || -> sener::Result<Vec<Extraction>> {
-        texts.iter().map(|(t, reply)| ex.extract_until(t, options, &|| reply.is_closed())).collect()
+        let only: Vec<&str> = texts.iter().map(|(t, _)| *t).collect();
+        ex.extract_batch_until(&only, options, &|| texts.iter().any(|(_, reply)| reply.is_closed()))
     };
     match std::panic::catch_unwind(AssertUnwindSafe(run)) {
         Ok(Ok(r)) if r.len() == texts.len() => Ok(r),

@@ -171,8 +171,8 @@ impl Extractor {
         entities(py, &r)
     }
 
-    /// Entities of several texts, in input order (a list per text); `batch_size` texts are
-    /// extracted per call into the model.
+    /// Entities of several texts, in input order (a list per text); the segments of each
+    /// `batch_size` texts share forward passes.
     #[pyo3(signature = (texts, threshold=None, flat=false, batch_size=8))]
     fn extract_batch<'py>(&self, py: Python<'py>, texts: Vec<String>, threshold: Option<f32>, flat: bool, batch_size: usize) -> PyResult<Bound<'py, PyList>> {
         if batch_size == 0 {
@@ -184,9 +184,8 @@ impl Extractor {
             guarded(|| {
                 let mut out = Vec::with_capacity(texts.len());
                 for chunk in texts.chunks(batch_size) {
-                    for t in chunk {
-                        out.push(inner.extract_with(t, &opts).map_err(to_py)?);
-                    }
+                    let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+                    out.extend(inner.extract_batch_until(&chunk, &opts, &|| false).map_err(to_py)?);
                 }
                 Ok(out)
             })

@@ -30,6 +30,16 @@ TEXT = (
 )
 
 
+def test_installed_from_one_abi3_wheel():
+    # The dist-info's WHEEL file, written by maturin: the stable-ABI tag that lets one wheel
+    # serve every CPython >= 3.10, and the extension module is the limited-API build.
+    from importlib.metadata import distribution
+
+    tags = [l.split(":", 1)[1].strip() for l in distribution("sener").read_text("WHEEL").splitlines() if l.startswith("Tag:")]
+    assert tags and all(t.startswith("cp310-abi3-") for t in tags), tags
+    assert Path(sener._sener.__file__).name == "_sener.abi3.so"
+
+
 @pytest.fixture(scope="module")
 def ex():
     return sener.load(MODEL)

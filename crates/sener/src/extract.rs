@@ -23,7 +23,7 @@ use std::sync::Mutex;
 
 use candle_core::Device;
 use sener_data::align::{align, SpecialTokens, WordTokenizer};
-use sener_data::segment::{segment, SegmentConfig};
+use sener_data::segment::{segment, Segment, SegmentConfig};
 use sener_data::Document;
 
 use crate::decode::{merge_segments, DecodeOptions, Threshold};
@@ -128,24 +128,25 @@ impl Extractor {
         Ok(spans)
     }
 
-    /// Tokenizes and segments `doc` (which has words), runs the model on every segment (asking
-    /// `cancelled` before each) and merges the segments' spans; returns them and the number of
-    /// segments.
-    fn predict_spans(&self, doc: &Document, options: &ExtractOptions, cancelled: &dyn Fn() -> bool) -> Result<(Vec<crate::decode::Span>, usize)> {
+    /// Tokenizes `doc` (which has words) and cuts it into model segments, as extraction does.
+    pub fn segments_of(&self, doc: &Document, options: &ExtractOptions) -> Result<Vec<Segment>> {
         let al = {
             let mut tok = self.tokenizer.lock().map_err(|_| Error::Input("the tokenizer lock is poisoned".into()))?;
             align(doc, &mut tok).map_err(|e| Error::Input(e.to_string()))?
         };
         let max_len = options.max_len.unwrap_or(self.model.config.max_len);
         let cfg = SegmentConfig { max_len, overlap: options.overlap };
-        let segments = segment(doc, &al, &[], &self.special, &cfg).map_err(|e| Error::Input(e.to_string()))?.segments;
-        let mut per_segment = Vec::with_capacity(segments.len());
-        for s in &segments {
-            if cancelled() {
-                return Err(Error::Cancelled);
-            }
-            per_segment.push((s.word_offset, self.model.predict_segment(s, self.special.pad, &options.decode)?.1));
-        }
+        Ok(segment(doc, &al, &[], &self.special, &cfg).map_err(|e| Error::Input(e.to_string()))?.segments)
+    }
+
+    /// Tokenizes and segments `doc` (which has words), runs the model on its segments (asking
+    /// `cancelled` before every forward pass) and merges the segments' spans; returns them and
+    /// the number of segments.
+    fn predict_spans(&self, doc: &Document, options: &ExtractOptions, cancelled: &dyn Fn() -> bool) -> Result<(Vec<crate::decode::Span>, usize)> {
+        let segments = self.segments_of(doc, options)?;
+        let refs: Vec<&Segment> = segments.iter().collect();
+        let spans = self.model.predict_batch(&refs, self.special.pad, &options.decode, cancelled)?;
+        let per_segment: Vec<(usize, Vec<crate::decode::Span>)> = segments.iter().map(|s| s.word_offset).zip(spans).collect();
         Ok((merge_segments(&per_segment), segments.len()))
     }
 
@@ -154,20 +155,32 @@ impl Extractor {
         self.extract_until(text, options, &|| false)
     }
 
+    /// `text` as a document cut into words with the model's splitter, as extraction does.
+    pub fn document(&self, text: &str) -> Document {
+        let mut doc = Document::new("input", text);
+        doc.segment_words(self.model.config.splitter);
+        doc
+    }
+
     /// [`Self::extract_with`] that asks `cancelled` before the text is tokenized and before
-    /// every segment, and stops with [`Error::Cancelled`] once it says yes: a server drops the
-    /// work of a client that has gone or whose deadline has passed, instead of finishing it.
+    /// every forward pass, and stops with [`Error::Cancelled`] once it says yes: a server drops
+    /// the work of a client that has gone or whose deadline has passed, instead of finishing it.
     pub fn extract_until(&self, text: &str, options: &ExtractOptions, cancelled: &dyn Fn() -> bool) -> Result<Extraction> {
         if cancelled() {
             return Err(Error::Cancelled);
         }
-        let mut doc = Document::new("input", text);
-        doc.segment_words(self.model.config.splitter);
-        let words = doc.word_count();
-        if words == 0 {
+        let doc = self.document(text);
+        if doc.word_count() == 0 {
             return Ok(Extraction { entities: Vec::new(), words: 0, segments: 0 });
         }
         let (spans, segments) = self.predict_spans(&doc, options, cancelled)?;
+        self.extraction(text, &doc, spans, segments)
+    }
+
+    /// The entities of merged word spans, in characters of `text` (which `doc` was cut from),
+    /// sorted by position.
+    fn extraction(&self, text: &str, doc: &Document, spans: Vec<crate::decode::Span>, segments: usize) -> Result<Extraction> {
+        let words = doc.word_count();
         let offsets = doc.offsets();
         let mut entities = Vec::new();
         for sp in spans {
@@ -191,9 +204,30 @@ impl Extractor {
         Ok(Extraction { entities, words, segments })
     }
 
-    /// Entities of several texts, in input order.
+    /// Entities of several texts, in input order, with [`Self::options`].
     pub fn extract_batch(&self, texts: &[&str]) -> Result<Vec<Extraction>> {
-        texts.iter().map(|t| self.extract(t)).collect()
+        self.extract_batch_until(texts, &self.options, &|| false)
+    }
+
+    /// Entities of several texts, in input order: the segments of all of them are packed into
+    /// shared forward passes ([`Sener::predict_batch`]), so many short texts cost about what one
+    /// long text of the same words costs; each text gets exactly the entities it gets alone.
+    /// `cancelled` is asked before every pass; once it says yes the whole call stops with
+    /// [`Error::Cancelled`].
+    pub fn extract_batch_until(&self, texts: &[&str], options: &ExtractOptions, cancelled: &dyn Fn() -> bool) -> Result<Vec<Extraction>> {
+        let docs: Vec<Document> = texts.iter().map(|t| self.document(t)).collect();
+        let mut segments: Vec<Vec<Segment>> = Vec::with_capacity(docs.len());
+        for d in &docs {
+            segments.push(if d.word_count() == 0 { Vec::new() } else { self.segments_of(d, options)? });
+        }
+        let refs: Vec<&Segment> = segments.iter().flatten().collect();
+        let mut spans = self.model.predict_batch(&refs, self.special.pad, &options.decode, cancelled)?.into_iter();
+        let mut out = Vec::with_capacity(texts.len());
+        for ((text, doc), segs) in texts.iter().zip(&docs).zip(&segments) {
+            let per_segment: Vec<(usize, Vec<crate::decode::Span>)> = segs.iter().map(|s| (s.word_offset, spans.next().unwrap_or_default())).collect();
+            out.push(self.extraction(text, doc, merge_segments(&per_segment), segs.len())?);
+        }
+        Ok(out)
     }
 
     /// This model's predictions for annotated documents, one list per document, as

@@ -79,6 +79,10 @@ fn default_max_len() -> usize {
     5120
 }
 
+/// Padded tokens per forward pass when [`Sener::predict_batch`] packs segments (a 512-token
+/// model runs 8 segments a pass; a segment longer than this runs alone).
+pub const BATCH_TOKENS: usize = 4096;
+
 /// One batch of segments, ready for the model.
 pub struct Batch {
     /// `[B, T]` u32 token ids ([CLS] … [SEP], padded).
@@ -222,6 +226,45 @@ impl Sener {
         let flat: Vec<f32> = logits.flatten_all()?.to_vec1()?;
         let spans = decode_segment(&flat, seg.n_words, self.span.config.window, self.config.labels.len(), opts)?;
         Ok((logits, spans))
+    }
+
+    /// Decoded spans (segment word indices) of many segments, in input order, with several
+    /// segments per forward pass: segments are sorted by length and packed, up to
+    /// [`BATCH_TOKENS`] padded tokens a pass, among those whose length LogN rounds to the same N
+    /// (the [CLS] row's scale depends on the batch's padded length), so each segment's logits are
+    /// those it gets alone. `cancelled` is asked before every pass.
+    pub fn predict_batch(&self, segs: &[&Segment], pad: u32, opts: &DecodeOptions, cancelled: &dyn Fn() -> bool) -> Result<Vec<Vec<Span>>> {
+        let arrow = &self.config.arrow;
+        let mut order: Vec<usize> = (0..segs.len()).collect();
+        order.sort_by_key(|&i| (arrow.logn_length(segs[i].input_ids.len()), segs[i].input_ids.len()));
+        let mut out: Vec<Vec<Span>> = vec![Vec::new(); segs.len()];
+        let mut start = 0;
+        while start < order.len() {
+            let bucket = arrow.logn_length(segs[order[start]].input_ids.len());
+            let mut end = start + 1;
+            while end < order.len() && arrow.logn_length(segs[order[end]].input_ids.len()) == bucket {
+                let longest = segs[order[end]].input_ids.len(); // sorted: the new one is the longest
+                if (end - start + 1) * longest > BATCH_TOKENS {
+                    break;
+                }
+                end += 1;
+            }
+            if cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let group = &order[start..end];
+            let rows: Vec<(Vec<u32>, Vec<u32>, usize)> =
+                group.iter().map(|&i| (segs[i].input_ids.clone(), segs[i].indexes.clone(), segs[i].n_words)).collect();
+            let batch = Batch::new(&rows, pad, &self.encoder.device())?;
+            let logits = SpanModel::inference_logits(&self.forward(&batch, &mut ForwardCtx::eval())?)?.to_device(&Device::Cpu)?;
+            for (r, &i) in group.iter().enumerate() {
+                let n = segs[i].n_words;
+                let flat: Vec<f32> = logits.get(r)?.narrow(0, 0, n)?.flatten_all()?.to_vec1()?;
+                out[i] = decode_segment(&flat, n, self.span.config.window, self.config.labels.len(), opts)?;
+            }
+            start = end;
+        }
+        Ok(out)
     }
 
     /// Band logits of a batch (invalid cells 0; see [`SpanModel::inference_logits`]).
