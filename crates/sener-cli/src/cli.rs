@@ -11,6 +11,14 @@ use sener::encoder::ArrowConfig;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log level of the messages on stderr: error, warn, info, debug or trace (`RUST_LOG`, when
+    /// set, takes precedence and may name modules, e.g. `sener::serve::request=warn`).
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    /// Log lines as text or as JSON objects (one per line; `sener serve`'s request log with its
+    /// fields).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 #[derive(Subcommand, Debug)]

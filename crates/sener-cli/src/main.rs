@@ -49,9 +49,29 @@ fn keep_freed_pages() {
     }
 }
 
+/// Logs to stderr through `tracing`: `RUST_LOG` when set, else `--log-level`; text or JSON lines.
+fn init_logging(level: &str, json: bool) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v).map_err(|e| format!("RUST_LOG={v:?}: {e}"))?,
+        _ => EnvFilter::try_new(level).map_err(|e| format!("--log-level {level:?}: {e}"))?,
+    };
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false);
+    if json {
+        fmt.json().flatten_event(true).init();
+    } else {
+        fmt.init();
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     keep_freed_pages();
     let args = cli::Cli::parse();
+    if let Err(e) = init_logging(&args.log_level, args.log_format == "json") {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

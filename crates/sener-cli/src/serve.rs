@@ -8,8 +8,12 @@
 //!   `Extractor::extract_batch` once per group, then answers each request on its own channel.
 //! - Every `/v1/extract` request has one deadline (`--timeout-secs`) covering body upload, queue
 //!   wait and model time; past it the client gets 504. A request whose client has gone (timed out
-//!   or disconnected) before the worker reaches it is skipped; a text already on the model runs to
-//!   the end (candle cannot be interrupted).
+//!   or disconnected) is skipped, or its work is dropped between forward passes.
+//! - A request whose estimated model time (its words at the words/s the worker measures, from a
+//!   warm-up at start and then from every batch) is more than `--max-work-factor` times the
+//!   timeout is refused at once with 422 `too_much_work`, before it takes the model from others.
+//! - Every request is logged through `tracing` (method, path, status, texts, words, queue wait,
+//!   model time, total time; `sener --log-format json` for JSON lines).
 //! - SIGINT / SIGTERM: the listener closes, requests in flight (queued ones included) are
 //!   finished and answered, the worker drains and stops, the process exits 0. A second signal
 //!   during the drain exits at once with status 130.
@@ -17,8 +21,9 @@
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -85,6 +90,11 @@ pub struct ServeArgs {
     /// <key>` (401 otherwise). Without it, binding a non-loopback address prints a warning.
     #[arg(long)]
     pub api_key_file: Option<PathBuf>,
+    /// Refuse at once (422 `too_much_work`) a request whose estimated model time (its words at
+    /// the words/s this server measures) is more than this many times --timeout-secs; 0: never
+    /// refuse (such a request then runs until its deadline and gets 504).
+    #[arg(long, default_value_t = 2.0)]
+    pub max_work_factor: f64,
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -106,6 +116,7 @@ struct Limits {
     batch_texts: usize,
     timeout: Duration,
     header_timeout: Duration,
+    max_work_factor: f64,
 }
 
 impl Limits {
@@ -124,6 +135,9 @@ impl Limits {
         if !(a.timeout_secs.is_finite() && a.timeout_secs > 0.0 && a.timeout_secs <= 1e9) {
             bail!("--timeout-secs {}: expected a positive number of seconds", a.timeout_secs);
         }
+        if !(a.max_work_factor == 0.0 || (1.0..=1e6).contains(&a.max_work_factor)) {
+            bail!("--max-work-factor {}: expected 0 (off) or a factor in [1, 1000000]", a.max_work_factor);
+        }
         if !(a.header_timeout_secs.is_finite() && a.header_timeout_secs > 0.0 && a.header_timeout_secs <= 1e9) {
             bail!("--header-timeout-secs {}: expected a positive number of seconds", a.header_timeout_secs);
         }
@@ -135,6 +149,7 @@ impl Limits {
             batch_texts: a.batch_texts,
             timeout: Duration::from_secs_f64(a.timeout_secs),
             header_timeout: Duration::from_secs_f64(a.header_timeout_secs),
+            max_work_factor: a.max_work_factor,
         })
     }
 }
@@ -187,10 +202,13 @@ enum JobError {
     Cancelled,
 }
 
-/// Results of one job, and how many requests shared its `extract_batch` call.
+/// Results of one job, how many requests shared its `extract_batch` call, how long it waited in
+/// the queue and how long that model call took.
 struct Done {
     results: Vec<Extraction>,
     batch_requests: usize,
+    queued: Duration,
+    model: Duration,
 }
 
 type JobResult = std::result::Result<Done, JobError>;
@@ -200,10 +218,48 @@ struct Job {
     texts: Vec<String>,
     options: JobOptions,
     reply: oneshot::Sender<JobResult>,
+    enqueued: Instant,
+}
+
+/// What `/v1/extract` adds to the request log (a response extension, read by [`log_request`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct RequestStats {
+    texts: usize,
+    words: usize,
+    queued: Option<Duration>,
+    model: Option<Duration>,
+}
+
+/// The model's speed as the worker measures it: words per second of model time, a moving average
+/// over its batches (f64 bits; 0 until the warm-up has run).
+#[derive(Default)]
+struct Speed(AtomicU64);
+
+impl Speed {
+    fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+
+    fn set(&self, words_per_s: f64) {
+        self.0.store(words_per_s.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Folds in one measurement (`words` in `secs`); tiny batches count less.
+    fn record(&self, words: usize, secs: f64) {
+        if words == 0 || secs <= 0.0 {
+            return;
+        }
+        let now = words as f64 / secs;
+        let old = self.get();
+        let weight = (words as f64 / 2000.0).min(1.0) * 0.5;
+        let v = if old > 0.0 { old * (1.0 - weight) + now * weight } else { now };
+        self.set(v);
+    }
 }
 
 struct AppState {
     access: Access,
+    speed: Arc<Speed>,
     queue: mpsc::Sender<Job>,
     limits: Limits,
     default_threshold: Option<f32>,
@@ -250,12 +306,14 @@ pub fn run(a: ServeArgs) -> Result<()> {
 
     let (tx, rx) = mpsc::channel::<Job>(limits.queue);
     let batch_texts = limits.batch_texts;
+    let speed = Arc::new(Speed::default());
+    let worker_speed = speed.clone();
     let worker = std::thread::Builder::new()
         .name("sener-model".into())
-        .spawn(move || worker(ex, rx, batch_texts))
+        .spawn(move || worker(ex, rx, batch_texts, &worker_speed))
         .context("starting the model thread")?;
 
-    let state = Arc::new(AppState { access, queue: tx, limits: limits.clone(), default_threshold: a.threshold, model_info });
+    let state = Arc::new(AppState { access, speed, queue: tx, limits: limits.clone(), default_threshold: a.threshold, model_info });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let served = rt.block_on(serve(listener, addr, state));
     // The router (and with it the queue's only sender) is gone: the worker finishes what it holds
@@ -266,7 +324,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     if worker_result.is_err() {
         bail!("the model thread panicked");
     }
-    eprintln!("stopped");
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -291,7 +349,7 @@ async fn serve(listener: std::net::TcpListener, addr: SocketAddr, state: Arc<App
                 Ok((stream, _)) => stream,
                 // e.g. too many open files: keep serving the connections we have
                 Err(e) => {
-                    eprintln!("accept: {e}");
+                    tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -325,6 +383,7 @@ fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), check_access))
+        .layer(middleware::from_fn(log_request))
         .with_state(state)
 }
 
@@ -364,7 +423,7 @@ impl Access {
         };
         let loopback = addr.ip().is_loopback();
         if !loopback && api_key.is_none() {
-            eprintln!("WARNING: listening on {addr}, reachable from other machines, without --api-key-file: anyone who can reach it can use it");
+            tracing::warn!(%addr, "listening on a non-loopback address without --api-key-file: anyone who can reach it can use it");
         }
         Ok(Self { allow_origins: a.allow_origins.clone(), loopback_port: loopback.then_some(addr.port()), api_key })
     }
@@ -413,6 +472,29 @@ async fn check_access(State(st): State<Arc<AppState>>, req: Request, next: Next)
     next.run(req).await
 }
 
+/// One log line per request, whatever answered it: method, path, status and total time, and for
+/// `/v1/extract` the texts, words, queue wait and model time.
+async fn log_request(req: Request, next: Next) -> Response {
+    let t = Instant::now();
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let resp = next.run(req).await;
+    let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
+    let st = resp.extensions().get::<RequestStats>().copied().unwrap_or_default();
+    tracing::info!(
+        target: "sener::serve::request",
+        method = %method,
+        path = %path,
+        status = resp.status().as_u16(),
+        texts = st.texts,
+        words = st.words,
+        queue_ms = st.queued.map(ms),
+        model_ms = st.model.map(ms),
+        total_ms = ms(t.elapsed()),
+        "request"
+    );
+    resp
+}
+
 /// SIGTERM and SIGINT streams.
 struct Signals {
     term: tokio::signal::unix::Signal,
@@ -441,7 +523,7 @@ impl Signals {
 /// thread finishes its work.
 async fn shutdown_signal(mut signals: Signals) {
     let which = signals.next().await;
-    eprintln!("{which}: not accepting new connections; finishing requests in flight (signal again to stop now)");
+    tracing::info!(signal = which, "not accepting new connections; finishing requests in flight (signal again to stop now)");
     exit_on_next_signal();
 }
 
@@ -492,7 +574,8 @@ async fn method_not_allowed(req: Request) -> ApiError {
 }
 
 async fn extract(State(st): State<Arc<AppState>>, req: Request) -> Response {
-    match tokio::time::timeout(st.limits.timeout, extract_inner(&st, req)).await {
+    let mut stats = RequestStats::default();
+    let mut resp = match tokio::time::timeout(st.limits.timeout, extract_inner(&st, req, &mut stats)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => e.into_response(),
         Err(_) => ApiError::new(
@@ -501,10 +584,12 @@ async fn extract(State(st): State<Arc<AppState>>, req: Request) -> Response {
             format!("the request took longer than {} s", st.limits.timeout.as_secs_f64()),
         )
         .into_response(),
-    }
+    };
+    resp.extensions_mut().insert(stats);
+    resp
 }
 
-async fn extract_inner(st: &AppState, req: Request) -> std::result::Result<Response, ApiError> {
+async fn extract_inner(st: &AppState, req: Request, stats: &mut RequestStats) -> std::result::Result<Response, ApiError> {
     // A declared length above the limit is refused before waiting for the body.
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > st.limits.max_body_bytes as u64) {
@@ -573,8 +658,27 @@ async fn extract_inner(st: &AppState, req: Request) -> std::result::Result<Respo
         }
     }
 
+    stats.texts = texts.len();
+    stats.words = texts.iter().map(|t| t.split_whitespace().count()).sum();
+    let speed = st.speed.get();
+    let budget = st.limits.max_work_factor * st.limits.timeout.as_secs_f64();
+    if st.limits.max_work_factor > 0.0 && speed > 0.0 && stats.words as f64 / speed > budget {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_much_work",
+            format!(
+                "about {} words: at the {speed:.0} words/s this server measures that is about {:.0} s of model time, more than {} × the {} s timeout; send at most about {:.0} words per request, or raise --timeout-secs",
+                stats.words,
+                stats.words as f64 / speed,
+                st.limits.max_work_factor,
+                st.limits.timeout.as_secs_f64(),
+                budget * speed
+            ),
+        ));
+    }
+
     let (reply, answer) = oneshot::channel();
-    let job = Job { texts, options: JobOptions { threshold, flat: r.flat }, reply };
+    let job = Job { texts, options: JobOptions { threshold, flat: r.flat }, reply, enqueued: Instant::now() };
     st.queue.try_send(job).map_err(|e| match e {
         mpsc::error::TrySendError::Full(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -585,7 +689,7 @@ async fn extract_inner(st: &AppState, req: Request) -> std::result::Result<Respo
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the model worker has stopped")
         }
     })?;
-    let Done { results, batch_requests } = match answer.await {
+    let Done { results, batch_requests, queued, model } = match answer.await {
         Ok(Ok(d)) => d,
         Ok(Err(JobError::Input(m))) => return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", m)),
         Ok(Err(JobError::Internal(m))) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)),
@@ -596,6 +700,9 @@ async fn extract_inner(st: &AppState, req: Request) -> std::result::Result<Respo
             return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the model worker dropped the request"))
         }
     };
+    stats.queued = Some(queued);
+    stats.model = Some(model);
+    stats.words = results.iter().map(|x| x.words).sum();
     let body = if single {
         match results.first() {
             Some(x) => extraction_json(x, r.byte_offsets),
@@ -660,13 +767,26 @@ fn model_info(ex: &Extractor, a: &ServeArgs, limits: &Limits) -> Value {
             "batch_texts": limits.batch_texts,
             "timeout_secs": limits.timeout.as_secs_f64(),
             "header_timeout_secs": limits.header_timeout.as_secs_f64(),
+            "max_work_factor": limits.max_work_factor,
         },
     })
 }
 
-/// The model thread: takes the oldest job, then whatever else is already queued (up to
-/// `batch_texts` texts), runs it, answers, until every sender is gone.
-fn worker(ex: Extractor, mut rx: mpsc::Receiver<Job>, batch_texts: usize) {
+/// A text the worker measures the model's speed on before it takes requests.
+const WARM_UP_TEXT: &str = include_str!("../../../examples/scholar-homepage.txt");
+
+/// The model thread: measures the model's speed on a warm-up text, then takes the oldest job and
+/// whatever else is already queued (up to `batch_texts` texts), runs it, answers, until every
+/// sender is gone.
+fn worker(ex: Extractor, mut rx: mpsc::Receiver<Job>, batch_texts: usize, speed: &Speed) {
+    let t = Instant::now();
+    match ex.extract(WARM_UP_TEXT) {
+        Ok(x) => {
+            speed.set(x.words as f64 / t.elapsed().as_secs_f64().max(1e-6));
+            tracing::info!(words = x.words, seconds = t.elapsed().as_secs_f64(), words_per_s = speed.get().round(), "warm-up done");
+        }
+        Err(e) => tracing::warn!(error = %e, "warm-up failed; requests are not refused by estimated cost until one has run"),
+    }
     let mut carried: Option<Job> = None;
     loop {
         let first = match carried.take() {
@@ -693,13 +813,13 @@ fn worker(ex: Extractor, mut rx: mpsc::Receiver<Job>, batch_texts: usize) {
         }
         // Clients that timed out or went away while waiting.
         batch.retain(|j| !j.reply.is_closed());
-        run_batch(&ex, batch);
+        run_batch(&ex, batch, speed);
     }
 }
 
 /// Runs the jobs grouped by options, one `extract_batch` per group; a failing group is retried
 /// job by job so one bad request does not fail the others.
-fn run_batch(ex: &Extractor, mut jobs: Vec<Job>) {
+fn run_batch(ex: &Extractor, mut jobs: Vec<Job>, speed: &Speed) {
     while let Some(first) = jobs.first() {
         let opts = first.options;
         let (group, rest): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.options == opts);
@@ -710,12 +830,15 @@ fn run_batch(ex: &Extractor, mut jobs: Vec<Job>) {
         let texts: Vec<(&str, &oneshot::Sender<JobResult>)> =
             group.iter().flat_map(|j| j.texts.iter().map(move |t| (t.as_str(), &j.reply))).collect();
         let batch_requests = group.len();
+        let t = Instant::now();
         match run_texts(ex, &options, &texts) {
             Ok(mut all) => {
+                let model = t.elapsed();
+                speed.record(all.iter().map(|x| x.words).sum(), model.as_secs_f64());
                 for j in group {
                     let rest = all.split_off(j.texts.len().min(all.len()));
                     let results = std::mem::replace(&mut all, rest);
-                    let _ = j.reply.send(Ok(Done { results, batch_requests }));
+                    let _ = j.reply.send(Ok(Done { results, batch_requests, queued: t.saturating_duration_since(j.enqueued), model }));
                 }
             }
             Err(e) if group.len() == 1 => {
@@ -726,7 +849,13 @@ fn run_batch(ex: &Extractor, mut jobs: Vec<Job>) {
             Err(_) => {
                 for j in group {
                     let texts: Vec<(&str, &oneshot::Sender<JobResult>)> = j.texts.iter().map(|t| (t.as_str(), &j.reply)).collect();
-                    let r = run_texts(ex, &options, &texts).map(|results| Done { results, batch_requests: 1 });
+                    let t = Instant::now();
+                    let r = run_texts(ex, &options, &texts).map(|results| Done {
+                        results,
+                        batch_requests: 1,
+                        queued: t.saturating_duration_since(j.enqueued),
+                        model: t.elapsed(),
+                    });
                     let _ = j.reply.send(r);
                 }
             }

@@ -370,7 +370,7 @@ fn full_queue_answers_503_with_retry_after() {
 
 #[test]
 fn request_past_the_deadline_gets_504() {
-    let srv = Server::start(&["--timeout-secs", "0.001"]);
+    let srv = Server::start(&["--timeout-secs", "0.001", "--max-work-factor", "0"]);
     let r = srv.post("/v1/extract", &json!({"text": long_text(2000, 1)}));
     r.assert_error(504, "timeout");
     // Other routes have no deadline, and the server goes on serving.
@@ -384,7 +384,8 @@ fn request_past_the_deadline_gets_504() {
 /// right after it is answered within its own work time instead of waiting for the big one.
 #[test]
 fn a_timed_out_request_does_not_keep_the_model_busy() {
-    let srv = Server::start(&["--timeout-secs", "2"]);
+    // Refusal by estimated cost off: the request is admitted and must be cut off by its deadline.
+    let srv = Server::start(&["--timeout-secs", "2", "--max-work-factor", "0"]);
     // The model's speed here, on a 10,000-word text (well inside the deadline).
     let t = Instant::now();
     let r = srv.post("/v1/extract", &json!({"text": long_text(10_000, 5)}));
@@ -405,6 +406,73 @@ fn a_timed_out_request_does_not_keep_the_model_busy() {
     assert!(waited < limit, "the small request waited {waited:.1} s behind the abandoned one (limit {limit:.1} s)");
     let status = srv.stop(libc::SIGTERM);
     assert!(status.success(), "{status}");
+}
+
+/// A request whose estimated model time (its words at the speed the server measured) is far
+/// beyond the deadline is refused at once with 422, naming the limit, and never reaches the
+/// model: a small request right after it is answered at once.
+#[test]
+fn a_request_far_beyond_the_deadline_is_refused_up_front() {
+    let srv = Server::start(&["--timeout-secs", "2"]);
+    let t = Instant::now();
+    let r = srv.post("/v1/extract", &json!({"text": long_text(10_000, 5)}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let per_10k = t.elapsed().as_secs_f64();
+    assert!(24.0 * per_10k > 2.0 * 2.0 * 1.5, "the model is too fast here to tell ({per_10k:.2} s per 10,000 words)");
+    let t = Instant::now();
+    let r = srv.post("/v1/extract", &json!({"texts": ["w5 w6", long_text(240_000, 3)]}));
+    let refused_after = t.elapsed().as_secs_f64();
+    r.assert_error(422, "too_much_work");
+    let msg = r.json()["error"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(msg.contains("240002 words") && msg.contains("--timeout-secs"), "{msg}");
+    assert!(refused_after < 1.0 + per_10k, "refused after {refused_after:.2} s: it ran on the model");
+    let t = Instant::now();
+    let r = srv.post("/v1/extract", &json!({"text": "w5 w6 w7"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(t.elapsed().as_secs_f64() < 1.0 + per_10k, "the small request waited {:?}", t.elapsed());
+    let status = srv.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}");
+}
+
+/// `--log-format json`: one JSON line per request on stderr with its method, path, status,
+/// words, queue wait, model time and total time.
+#[test]
+fn requests_are_logged_as_json_lines() {
+    let dir = std::env::temp_dir().join(format!("sener-serve-log-{}", std::process::id()));
+    let model = tiny_model(&dir);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sener"))
+        .args(["--log-format", "json", "serve", "--model"])
+        .arg(&model)
+        .args(["--addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting sener serve");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("reading the server's first line");
+    let port: u16 = line.trim().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no port in {line:?}"));
+    let body = json!({"texts": [long_text(30, 1), long_text(12, 2)]}).to_string();
+    assert_eq!(http(port, "POST", "/v1/extract", Some(body.as_bytes())).status, 200);
+    assert_eq!(http(port, "GET", "/nowhere", None).status, 404);
+    // SAFETY: plain kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().expect("waiting for sener serve");
+    assert!(out.status.success(), "{}", out.status);
+    let logs: Vec<Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l:?}")))
+        .collect();
+    let req = |path: &str| logs.iter().find(|l| l["path"] == path).unwrap_or_else(|| panic!("no log line for {path}: {logs:?}"));
+    let x = req("/v1/extract");
+    assert_eq!((x["method"].as_str(), x["status"].as_u64(), x["texts"].as_u64(), x["words"].as_u64()), (Some("POST"), Some(200), Some(2), Some(42)), "{x}");
+    for k in ["queue_ms", "model_ms", "total_ms"] {
+        assert!(x[k].as_f64().is_some_and(|v| v >= 0.0), "{k} in {x}");
+    }
+    assert!(x["model_ms"].as_f64() <= x["total_ms"].as_f64(), "{x}");
+    assert_eq!(req("/nowhere")["status"], 404);
+    assert!(logs.iter().any(|l| l["message"] == "warm-up done" && l["words_per_s"].as_f64().is_some_and(|v| v > 0.0)), "{logs:?}");
+    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
