@@ -243,6 +243,9 @@ pub enum BenchCommand {
     /// Extraction words/s on many short documents (one call each, and `extract_batch`) against
     /// one long document, side by side with one model.
     Throughput(crate::bench_throughput::BenchThroughputArgs),
+    /// A long load test of `sener serve` on loopback: concurrent clients for some minutes,
+    /// throughput, latency percentiles, the server's RSS over time, every wrong answer.
+    Soak(crate::bench_soak::BenchSoakArgs),
 }
 
 #[derive(Args, Debug)]
@@ -495,6 +498,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Model(a)) => crate::bench_model::run(a),
         Command::Bench(BenchCommand::ModelOne(a)) => crate::bench_model::run_one(a),
         Command::Bench(BenchCommand::Throughput(a)) => crate::bench_throughput::run(a),
+        Command::Bench(BenchCommand::Soak(a)) => crate::bench_soak::run(a),
         Command::Serve(a) => crate::serve::run(a),
     }
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_model;
+mod bench_soak;
 mod bench_throughput;
 mod cli;
 mod data_cmds;
