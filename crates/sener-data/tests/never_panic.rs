@@ -1,10 +1,17 @@
 //! Property tests: arbitrary bytes or strings never make a reader panic; whatever a reader accepts
 //! is a valid document; documents built from arbitrary words round-trip exactly.
+//!
+//! CI runs the default case counts; `SENER_FUZZ_CASES=20000 cargo test --release -p sener-data
+//! --test never_panic` runs each property that many times.
 
 use proptest::prelude::*;
 use sener_data::readers::{self, brat, PlainMode, TagScheme};
 use sener_data::writers::{self, jsonl::OffsetUnit};
 use sener_data::{Document, Format};
+
+fn cases(default: u32) -> u32 {
+    std::env::var("SENER_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
 
 const FORMATS: [Format; 8] = [
     Format::Sener,
@@ -59,7 +66,7 @@ fn mutated() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(200), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
@@ -115,7 +122,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 150, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(150), failure_persistence: None, ..ProptestConfig::default() })]
 
     /// CoNLL writer → reader keeps the text and exactly the entities the writer did not report.
     #[test]
