@@ -471,6 +471,7 @@ fn run_inner(a: ExtractArgs) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
+    let mut progress = ProgressLog::new(total);
     let stdout = std::io::stdout();
     let mut w = Writer {
         format: out_format,
@@ -531,11 +532,53 @@ fn run_inner(a: ExtractArgs) -> Result<()> {
         }
         w.out.flush()?;
         bar.inc(taken);
+        progress.tick(bar.position(), batch.iter().map(|d| d.text.len()).sum());
     }
+    progress.done(bar.position());
     bar.finish_and_clear();
     w.finish()?;
     if !skipped.is_empty() {
         bail!("{} of {total} document(s) skipped (named above): {}", skipped.len(), skipped.join(", "));
     }
     Ok(())
+}
+
+/// Progress for logs: when stderr is not a terminal (a job log, a pipe) the bar is not drawn, so
+/// a line is logged every 10 seconds instead (documents done, bytes read, elapsed, ETA).
+struct ProgressLog {
+    on: bool,
+    total: usize,
+    start: std::time::Instant,
+    last: std::time::Instant,
+    bytes: usize,
+}
+
+impl ProgressLog {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    fn new(total: usize) -> Self {
+        use std::io::IsTerminal;
+        let now = std::time::Instant::now();
+        Self { on: total > 1 && !std::io::stderr().is_terminal(), total, start: now, last: now, bytes: 0 }
+    }
+
+    fn tick(&mut self, done: u64, bytes: usize) {
+        self.bytes += bytes;
+        if self.on && self.last.elapsed() >= Self::EVERY {
+            self.last = std::time::Instant::now();
+            self.log(done);
+        }
+    }
+
+    fn done(&self, done: u64) {
+        if self.on {
+            self.log(done);
+        }
+    }
+
+    fn log(&self, done: u64) {
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let eta = if done > 0 { elapsed / done as f64 * (self.total as f64 - done as f64) } else { f64::NAN };
+        tracing::info!(documents = done, of = self.total, bytes = self.bytes, elapsed_s = elapsed.round(), eta_s = eta.round(), "extract progress");
+    }
 }

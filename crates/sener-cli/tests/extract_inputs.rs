@@ -338,7 +338,10 @@ fn globs_and_folders_expand_and_a_glob_matching_nothing_is_an_error() {
         jsonl(o).iter().map(|v| Path::new(v["source"].as_str().unwrap()).strip_prefix(&docs).unwrap().display().to_string()).collect()
     };
     // A folder: every file inside, recursively, sorted; hidden files skipped.
-    assert_eq!(sources(&s.run(&[&docs])), ["a.txt", "b.txt", "notes.md", "sub/c.txt"]);
+    let o = s.run(&[&docs]);
+    assert_eq!(sources(&o), ["a.txt", "b.txt", "notes.md", "sub/c.txt"]);
+    // stderr is a pipe here, so no bar is drawn: progress is logged instead (at the end at least).
+    assert!(stderr(&o).contains("extract progress documents=4 of=4"), "{}", stderr(&o));
     // A quoted pattern is expanded by sener (the shell would pass it as is).
     let pat = docs.join("*.txt");
     assert_eq!(sources(&s.run(&[&pat])), ["a.txt", "b.txt"]);
