@@ -136,8 +136,9 @@ pub struct TrainArgs {
     #[arg(long, value_delimiter = ',')]
     pub labels: Option<Vec<String>>,
     /// Start from a trained sener model folder (its adapter and span side) instead of fresh
-    /// layers: adapt a model to your own data with the same types, or give a finished run a second
-    /// schedule. Its labels, span and arrow settings, LoRA shape and base must be this run's. [none]
+    /// layers: give a finished run a second schedule, or adapt a model to your own data (other
+    /// types get a fresh type head, the rest transfers). Its span and arrow settings, LoRA shape
+    /// and base must be this run's. [none]
     #[arg(long)]
     pub init_from: Option<PathBuf>,
     /// Continue an interrupted run from `<output>.resume/` (same configuration); an error when

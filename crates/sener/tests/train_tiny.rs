@@ -173,8 +173,9 @@ fn full_finetuning_trains_every_weight_and_saves_the_encoder() {
 }
 
 /// `init_from`: a run starts from a trained model folder's adapter and span side (with a learning
-/// rate of 1e-9 its one step leaves them as they were, where a fresh start has other weights), and
-/// a model whose settings or labels are not the run's is refused with the field named.
+/// rate of 1e-9 its one step leaves them as they were, where a fresh start has other weights);
+/// with other types everything but the type head transfers; a model whose settings are not the
+/// run's is refused with the field named.
 #[test]
 fn init_from_starts_from_the_trained_weights_and_refuses_a_mismatch() {
     let dir = std::env::temp_dir().join(format!("sener-train-init-{}", std::process::id()));
@@ -227,9 +228,20 @@ fn init_from_starts_from_the_trained_weights_and_refuses_a_mismatch() {
     let other_span = TrainConfig { span: SpanConfig { window: 5, ..first.span.clone() }, ..still("d", Some(first.output.clone())) };
     let e = refused(other_span);
     assert!(e.contains("init_from") && e.contains("span settings"), "{e}");
-    let other_labels = TrainConfig { labels: Some(vec!["skill".into(), "place".into()]), ..still("d", Some(first.output.clone())) };
-    let e = refused(other_labels);
-    assert!(e.contains("labels") && e.contains("place,skill"), "{e}");
+    // Other types (here: the same two in the other order): everything but the type head
+    // transfers; the head starts fresh.
+    train(&TrainConfig { labels: Some(vec!["skill".into(), "place".into()]), ..still("e", Some(first.output.clone())) }, &Device::Cpu, &mut Vec::new()).unwrap();
+    let (a, e) = (load(dir.join("a/span.safetensors")), load(dir.join("e/span.safetensors")));
+    for (k, t) in &a {
+        let d = (t - &e[k]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        if k.starts_with("down_fc.") {
+            assert!(d > 1e-3, "{k}: the type head of other types should start fresh");
+        } else {
+            assert!(d < 1e-6, "{k}: moved {d}");
+        }
+    }
+    let (aa, ea) = (load(dir.join("a/adapter/adapter_model.safetensors")), load(dir.join("e/adapter/adapter_model.safetensors")));
+    assert!(max_diff(&aa, &ea) < 1e-6, "the adapter transfers to other types");
     let e = refused(still("d", Some(dir.join("nowhere"))));
     assert!(e.contains("nowhere"), "{e}");
     std::fs::remove_dir_all(dir).ok();

@@ -197,9 +197,11 @@ pub struct TrainConfig {
     /// `apache-2.0`, `cc-by-4.0`; default `other`).
     pub license: Option<String>,
     /// Start from a trained sener model folder (its LoRA adapter and span side, thresholds
-    /// recalibrated) instead of freshly initialised layers: to adapt a model to one's own data
-    /// with the same types, or to give a finished run a second schedule. Its labels, arrow and
-    /// span settings, LoRA shape and base encoder must be this run's; `prior_bias` is not applied.
+    /// recalibrated) instead of freshly initialised layers: to give a finished run a second
+    /// schedule, or to adapt a model to one's own data. With the model's types its type head is
+    /// kept too (and `prior_bias` is not applied); with other types the head starts fresh and
+    /// the rest transfers. Its arrow and span settings, LoRA shape and base encoder must be this
+    /// run's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init_from: Option<PathBuf>,
 }
@@ -362,7 +364,7 @@ struct Split {
 
 /// The `sener.json` of `cfg.init_from`, checked against the run: a LoRA model (full fine-tuning
 /// carries its own encoder, which `base` would have to name) whose arrow and span settings and
-/// LoRA shape are the run's, and whose labels, when the run names its own, are the same.
+/// LoRA shape are the run's.
 fn init_config(dir: &Path, cfg: &TrainConfig) -> Result<SenerConfig> {
     let icfg = SenerConfig::read(dir)?;
     let differs = |what: &str, theirs: String, ours: String| {
@@ -382,18 +384,14 @@ fn init_config(dir: &Path, cfg: &TrainConfig) -> Result<SenerConfig> {
     if icfg.span != cfg.span {
         return differs("span settings", format!("{:?}", icfg.span), format!("{:?}", cfg.span));
     }
-    if let Some(l) = &cfg.labels {
-        if *l != icfg.labels {
-            return differs("labels", icfg.labels.join(","), l.join(","));
-        }
-    }
     Ok(icfg)
 }
 
 /// Sets the run's fresh adapter and span side to the weights of the model folder `dir` (checked
-/// by [`init_config`]); the base encoder must be the one the model was trained on. Returns the
-/// number of tensors set.
-fn load_init_weights(model: &Sener, dir: &Path, icfg: &SenerConfig) -> Result<usize> {
+/// by [`init_config`]); the base encoder must be the one the model was trained on. The type head
+/// (`down_fc`, one output per type) is taken only with `head` (the same types); otherwise it
+/// keeps its fresh initialisation. Returns the number of tensors set.
+fn load_init_weights(model: &Sener, dir: &Path, icfg: &SenerConfig, head: bool) -> Result<usize> {
     if let (Some(want), Some(got)) = (&icfg.base.sha256, &model.config.base.sha256) {
         if want != got {
             return Err(Error::model(dir, format!("init_from: the model was trained on a base encoder with sha256 {want}, this run's base has {got}")));
@@ -424,6 +422,9 @@ fn load_init_weights(model: &Sener, dir: &Path, icfg: &SenerConfig) -> Result<us
         n += 1;
     }
     for (name, var) in model.span.params() {
+        if !head && name.starts_with("down_fc.") {
+            continue;
+        }
         set(&span_file, &span, name.clone(), &name, &var)?;
         n += 1;
     }
@@ -822,10 +823,9 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
         Some(dir) => Some(init_config(dir, cfg)?),
         None => None,
     };
-    let labels = match (&cfg.labels, &init) {
-        (Some(l), _) => l.clone(),
-        (None, Some(i)) => i.labels.clone(),
-        (None, None) => {
+    let labels = match &cfg.labels {
+        Some(l) => l.clone(),
+        None => {
             let mut set: Vec<String> = train_docs.iter().flat_map(|d| d.entities.iter().map(|e| e.label.clone())).collect();
             set.sort();
             set.dedup();
@@ -866,10 +866,15 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
         thresholds: None,
     };
     let mut model = Sener { config, encoder, span };
+    let mut fresh_head = true;
     if let (Some(dir), Some(icfg)) = (&cfg.init_from, &init) {
-        let n = load_init_weights(&model, dir, icfg)?;
-        writeln!(log, "{}", serde_json::json!({"event": "init_from", "path": dir, "tensors": n})).map_err(|e| Error::io("metrics log", e))?;
-    } else if cfg.prior_bias {
+        let head = icfg.labels == labels;
+        let n = load_init_weights(&model, dir, icfg, head)?;
+        fresh_head = !head;
+        writeln!(log, "{}", serde_json::json!({"event": "init_from", "path": dir, "tensors": n, "type_head": if head { "loaded" } else { "fresh (other types)" }}))
+            .map_err(|e| Error::io("metrics log", e))?;
+    }
+    if cfg.prior_bias && fresh_head {
         let bias = prior_log_odds(&train_split, Band::new(cfg.span.window), labels.len());
         for (name, var) in model.span.params() {
             if name == "down_fc.bias" {
