@@ -246,6 +246,9 @@ pub enum BenchCommand {
     /// A long load test of `sener serve` on loopback: concurrent clients for some minutes,
     /// throughput, latency percentiles, the server's RSS over time, every wrong answer.
     Soak(crate::bench_soak::BenchSoakArgs),
+    /// GFLOP/s of the encoder's matrix products (DeBERTa-v3-base shapes) in f32, bf16 and f16
+    /// through candle's CPU matmul.
+    Matmul(crate::bench_matmul::BenchMatmulArgs),
 }
 
 #[derive(Args, Debug)]
@@ -499,6 +502,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::ModelOne(a)) => crate::bench_model::run_one(a),
         Command::Bench(BenchCommand::Throughput(a)) => crate::bench_throughput::run(a),
         Command::Bench(BenchCommand::Soak(a)) => crate::bench_soak::run(a),
+        Command::Bench(BenchCommand::Matmul(a)) => crate::bench_matmul::run(a),
         Command::Serve(a) => crate::serve::run(a),
     }
 }
