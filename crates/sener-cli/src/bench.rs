@@ -2,6 +2,8 @@
 //! several lengths, arrow vs full attention. Each measurement runs in a child process
 //! (`sener bench encoder-one`), so peak RSS is that measurement's alone.
 
+use crate::common::ArrowArgs;
+use clap::Args;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -13,7 +15,150 @@ use sener::nn::ForwardCtx;
 use sener::train::trainer::Finetune;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{BenchEncoderArgs, BenchOneArgs, BenchPositionsArgs, BenchSpanArgs, BenchSpanOneArgs, BenchTrainStepArgs, BenchTrainStepOneArgs};
+
+#[derive(Args, Debug)]
+pub struct BenchEncoderArgs {
+    /// all-MiniLM-L6-v2 folder (default: $SENER_MINILM_DIR); skipped when absent.
+    #[arg(long)]
+    pub minilm: Option<PathBuf>,
+    /// Token lengths.
+    #[arg(long, value_delimiter = ',', default_value = "512,1024,2048,4096,8192,16384")]
+    pub lengths: Vec<usize>,
+    /// Models to run: minilm, deberta-v3-base (random weights), deberta-v3-large (random).
+    #[arg(long, value_delimiter = ',', default_value = "minilm,deberta-v3-base")]
+    pub models: Vec<String>,
+    /// Timed forwards per measurement (after one warm-up).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Skip full attention where its estimated peak exceeds this many GiB.
+    #[arg(long, default_value_t = 12.0)]
+    pub full_budget_gib: f64,
+    /// Arrow window.
+    #[arg(long, default_value_t = 128)]
+    pub window: usize,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchSpanArgs {
+    /// Word counts.
+    #[arg(long, value_delimiter = ',', default_value = "512,1024,2048,4096,8192,16384")]
+    pub words: Vec<usize>,
+    /// Span window w′.
+    #[arg(long, default_value_t = 128)]
+    pub window: usize,
+    /// Encoder hidden size of the word vectors (1024: DeBERTa-v3-large).
+    #[arg(long, default_value_t = 1024)]
+    pub hidden: usize,
+    /// Entity types.
+    #[arg(long, default_value_t = 12)]
+    pub labels: usize,
+    /// Skip a run whose estimated peak exceeds this many GiB.
+    #[arg(long, default_value_t = 16.0)]
+    pub budget_gib: f64,
+    /// Skip a full-L×L run whose estimated arithmetic exceeds this many TFLOP (time budget).
+    #[arg(long, default_value_t = 3.0)]
+    pub max_tflop: f64,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchTrainStepArgs {
+    /// MiniLM folder (default: $SENER_MINILM_DIR).
+    #[arg(long)]
+    pub minilm: Option<PathBuf>,
+    /// Encoder: minilm (the real weights), or random weights in the shape of deberta-v3-base,
+    /// deberta-v3-large or minilm-shape.
+    #[arg(long, default_value = "minilm")]
+    pub model: String,
+    /// cpu or cuda[:N] (on CUDA the peak is the GPU memory the step added, from nvidia-smi).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Segment lengths in tokens.
+    #[arg(long, value_delimiter = ',', default_value = "1024,2048,4096,5120")]
+    pub lengths: Vec<usize>,
+    /// Steps per length (the first one is reported separately: it allocates everything).
+    #[arg(long, default_value_t = 2)]
+    pub steps: usize,
+    /// Recompute activations in the backward pass: auto, always or never (see `sener train`).
+    #[arg(long, default_value = "auto")]
+    pub recompute: sener::train::recompute::Recompute,
+    /// What of the encoder trains: lora (the paper's recipe) or full (see `sener train`).
+    #[arg(long, default_value = "lora")]
+    pub finetune: sener::train::trainer::Finetune,
+    /// Span window w′ in words (one side; the band has 2w′+1 columns).
+    #[arg(long, default_value_t = 128)]
+    pub span_window: usize,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchTrainStepOneArgs {
+    #[arg(long)]
+    pub minilm: Option<PathBuf>,
+    #[arg(long, default_value = "minilm")]
+    pub model: String,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub length: usize,
+    #[arg(long, default_value_t = 2)]
+    pub steps: usize,
+    #[arg(long, default_value = "auto")]
+    pub recompute: sener::train::recompute::Recompute,
+    #[arg(long, default_value = "lora")]
+    pub finetune: sener::train::trainer::Finetune,
+    #[arg(long, default_value_t = 128)]
+    pub span_window: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchSpanOneArgs {
+    #[arg(long)]
+    pub words: usize,
+    /// banded or full
+    #[arg(long)]
+    pub mode: String,
+    #[arg(long, default_value_t = 128)]
+    pub window: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 12)]
+    pub labels: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchOneArgs {
+    #[arg(long)]
+    pub model: String,
+    #[arg(long)]
+    pub minilm: Option<PathBuf>,
+    #[arg(long)]
+    pub length: usize,
+    /// arrow or full
+    #[arg(long)]
+    pub mode: String,
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    #[arg(long, default_value_t = 128)]
+    pub window: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchPositionsArgs {
+    /// BERT-family model folder (default: $SENER_MINILM_DIR).
+    #[arg(long)]
+    pub minilm: Option<PathBuf>,
+    /// UTF-8 text file, longer than 512 tokens.
+    #[arg(long)]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub arrow: ArrowArgs,
+}
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct Measurement {
@@ -465,7 +610,7 @@ pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
     use sener::span::{band::Band, SpanConfig, SpanModel};
     use sener::train::optim::{AdamW, AdamWConfig};
     use sener::train::trainer::{paper_groups, TrainConfig};
-    let dev = crate::cli::parse_device(&a.device)?;
+    let dev = crate::common::parse_device(&a.device)?;
     // The model and optimiser `sener train` builds, with the paper's defaults.
     let recipe = TrainConfig::paper();
     let opts = EncoderOptions { arrow: recipe.arrow.clone(), dtype: DType::F32, device: dev.clone() };

@@ -5,6 +5,8 @@
 //! `nvidia-smi` while the child runs (the GPU's used memory above what it was before the child).
 //! Writes a Markdown table to stdout, and optionally a JSON file and an SVG plot.
 
+use std::path::PathBuf;
+use clap::Args;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,8 +22,66 @@ use sener::nn::ForwardCtx;
 use sener::span::{SpanConfig, SpanModel};
 
 use crate::bench::{bench_encoder, forward_flops, random_shape, span_flops, synthetic_segment};
-use crate::cli::{parse_device, BenchModelArgs, BenchModelOneArgs};
+use crate::common::parse_device;
 use crate::plot::{loglog_svg, Panel, Series};
+
+#[derive(Args, Debug)]
+pub struct BenchModelArgs {
+    /// Models: deberta-v3-base, deberta-v3-large, minilm-shape (random weights in those shapes), or
+    /// minilm (the real all-MiniLM-L6-v2 from --minilm / $SENER_MINILM_DIR).
+    #[arg(long, value_delimiter = ',', default_value = "deberta-v3-base,minilm-shape")]
+    pub models: Vec<String>,
+    /// Token lengths.
+    #[arg(long, value_delimiter = ',', default_value = "512,1024,2048,4096,5120,8192,16384,32768")]
+    pub lengths: Vec<usize>,
+    /// sener (arrow attention + span band) and/or full (full attention + full L×L span tensor).
+    #[arg(long, value_delimiter = ',', default_value = "sener,full")]
+    pub modes: Vec<String>,
+    /// cpu or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub minilm: Option<PathBuf>,
+    /// Timed forwards per measurement (after a short warm-up); the median is reported.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Skip a run whose estimated peak memory exceeds this many GiB.
+    #[arg(long, default_value_t = 16.0)]
+    pub budget_gib: f64,
+    /// Skip a run whose estimated span-side arithmetic exceeds this many TFLOP (a time budget).
+    #[arg(long, default_value_t = 20.0)]
+    pub max_tflop: f64,
+    /// Kill a measurement after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    pub timeout_s: u64,
+    /// Entity types of the head.
+    #[arg(long, default_value_t = 12)]
+    pub labels: usize,
+    /// Write all runs and the log-log fits as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write a log-log plot (time and peak memory against tokens) as SVG.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchModelOneArgs {
+    #[arg(long)]
+    pub model: String,
+    #[arg(long)]
+    pub mode: String,
+    #[arg(long)]
+    pub length: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub minilm: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    #[arg(long, default_value_t = 12)]
+    pub labels: usize,
+}
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct ModelRun {

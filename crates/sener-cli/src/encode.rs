@@ -1,5 +1,6 @@
 //! `sener encode`: last hidden states of one document.
 
+use clap::Args;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
@@ -10,7 +11,35 @@ use candle_core::{DType, Device, Tensor};
 use sener::encoder::{ArrowConfig, Encoder, EncoderOptions};
 use sener::nn::ForwardCtx;
 
-use crate::cli::{parse_device, EncodeArgs};
+use crate::common::{parse_device, ArrowArgs};
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["text", "file", "ids"])))]
+pub struct EncodeArgs {
+    /// Hugging Face model folder (config.json + model.safetensors or pytorch_model.bin).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Text to encode (tokenized with the folder's tokenizer.json, [CLS]/[SEP] added).
+    #[arg(long)]
+    pub text: Option<String>,
+    /// UTF-8 file to encode as one document ('-' reads standard input).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Exact token ids, comma-separated, special tokens included; needs no tokenizer.
+    #[arg(long, value_delimiter = ',')]
+    pub ids: Option<Vec<u32>>,
+    #[command(flatten)]
+    pub arrow: ArrowArgs,
+    /// LoRA adapter: a PEFT folder or a .safetensors file with PEFT key names.
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
+    /// Output .safetensors: `hidden` [tokens, hidden] (f32) and `ids` [tokens] (i64).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Device: cpu or cuda[:N] (cuda needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
 
 pub enum Input {
     Text(String),

@@ -153,8 +153,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
     // Predictions per gold document, in words or (`chars`) characters.
     let (preds, chars, window): (Vec<Spans>, bool, usize) = match (&a.model, &a.pred) {
         (Some(spec), None) => {
-            let m = crate::cli::model_dir(spec)?;
-            let dev = crate::cli::parse_device(&a.device)?;
+            let m = crate::common::model_dir(spec)?;
+            let dev = crate::common::parse_device(&a.device)?;
             let ex = Extractor::load_on(&m, &dev).with_context(|| format!("loading model {}", spec.display()))?;
             SegmentConfig::new(a.max_len.unwrap_or(ex.model.config.max_len)).validate().context("--max-len")?;
             let threshold = a.threshold.map_or_else(|| ex.model.config.threshold(), Threshold::Global);

@@ -6,6 +6,7 @@
 //! after the other: the model's forward pass already uses every core (rayon / gemm), so running
 //! several documents at once would only add memory.
 
+use clap::Args;
 use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -20,7 +21,57 @@ use sener_data::segment::SegmentConfig;
 use sener_data::writers::{brat, conll};
 use sener_data::{Document, Issue, Report};
 
-use crate::cli::ExtractArgs;
+
+#[derive(Args, Debug)]
+pub struct ExtractArgs {
+    /// sener model folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Inputs: files; folders (every file inside, recursively, sorted; hidden entries and links
+    /// to folders skipped); glob patterns such as 'docs/*.txt' or 'docs/**/*.txt' (quoted, so the
+    /// shell leaves them alone); '-' for standard input. No input reads standard input.
+    pub inputs: Vec<PathBuf>,
+    /// Input format: text (each file is one UTF-8 document; a leading byte-order mark is dropped)
+    /// or any reader format (each file may hold many documents).
+    #[arg(long, default_value = "text", value_parser = crate::extract::input_format_parser())]
+    pub format: String,
+    /// Output, on standard output: jsonl (one line per document), json (one pretty array), table
+    /// (for people), brat (the .ann of each document: needs --output-dir unless there is a single
+    /// document), conll / conll-bioes (token-per-line tags; nested entities cannot be written:
+    /// how many were dropped is reported on standard error).
+    #[arg(long, default_value = "jsonl", value_parser = crate::extract::output_format_parser())]
+    pub output_format: String,
+    /// Folder for --output-format brat: <name>.txt and <name>.ann per document (created if needed).
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+    /// Documents per Extractor::extract_batch call (read, extracted and written together).
+    /// Batches run one after the other: the model's forward pass already uses every core.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Largest input read, per file or from standard input, in bytes (bigger ones are refused
+    /// before they fill memory; standard input and pipes are read in chunks up to it).
+    #[arg(long, default_value_t = crate::input::DEFAULT_MAX_INPUT_BYTES)]
+    pub max_input_bytes: u64,
+    /// Skip documents that cannot be read or extracted (each named on standard error) instead of
+    /// stopping at the first; the command still fails at the end, listing them.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Decision threshold on the symmetrised probability (default: the model's calibrated
+    /// per-type thresholds, or 0.5).
+    #[arg(long)]
+    pub threshold: Option<f32>,
+    /// Flat output (no nested entities).
+    #[arg(long)]
+    pub flat: bool,
+    /// Segment length in tokens (default: the model's).
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    /// Subwords shared by consecutive segments.
+    #[arg(long, default_value_t = 0)]
+    pub overlap: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
 
 /// The values of `--output-format`.
 pub const OUTPUT_FORMATS: &[&str] = &["jsonl", "json", "table", "brat", "conll", "conll-bioes"];
@@ -449,8 +500,8 @@ fn run_inner(a: ExtractArgs) -> Result<()> {
         bail!("brat output of {} documents needs --output-dir (one .ann per document); a single document is printed to standard output", pending.len());
     }
 
-    let device = crate::cli::parse_device(&a.device)?;
-    let model_dir = crate::cli::model_dir(&a.model)?;
+    let device = crate::common::parse_device(&a.device)?;
+    let model_dir = crate::common::model_dir(&a.model)?;
     let mut ex = Extractor::load_on(&model_dir, &device).with_context(|| format!("loading model {}", a.model.display()))?;
     let max_len = a.max_len.unwrap_or(ex.model.config.max_len);
     SegmentConfig { max_len, overlap: a.overlap }.validate().context("--max-len / --overlap")?;

@@ -6,6 +6,7 @@ mod bench_model;
 mod bench_soak;
 mod bench_throughput;
 mod cli;
+mod common;
 mod data_cmds;
 mod encode;
 mod eval;

@@ -1,6 +1,8 @@
 //! `sener import-official` and `sener score`: the authors' checkpoints, and band logits of SeNER
 //! JSON-lines documents computed the way the official code does.
 
+use std::path::PathBuf;
+use clap::Args;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
@@ -16,7 +18,63 @@ use sener_data::align::{align, WordTokenizer};
 use sener_data::readers::{self, Format};
 use sener_data::segment::{segment, SegmentConfig};
 
-use crate::cli::{ImportOfficialArgs, ScoreArgs};
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("label_set").required(true).args(["task", "labels"])))]
+pub struct ImportOfficialArgs {
+    /// The checkpoint (`torch.save` of the official model's state dict).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Hugging Face folder of the encoder it was trained from (config.json, tokenizer).
+    #[arg(long)]
+    pub base: PathBuf,
+    /// Label preset: scholar-xl, scirex, profiling-07.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Labels in logit order, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Option<Vec<String>>,
+    #[arg(long, default_value_t = 128)]
+    pub chunks_size: usize,
+    #[arg(long, default_value_t = 100)]
+    pub biaffine_size: usize,
+    #[arg(long, default_value_t = 32)]
+    pub cnn_dim: usize,
+    #[arg(long, default_value_t = 2)]
+    pub cnn_depth: usize,
+    /// LoRA alpha of the checkpoint (the official recipe: 16).
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f64,
+    /// Word splitter of the checkpoint's training data, for raw text (default: the --task's,
+    /// else whitespace): whitespace, treebank, punct or infix.
+    #[arg(long)]
+    pub splitter: Option<sener_data::split::Splitter>,
+    /// Output model folder.
+    #[arg(long)]
+    pub output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// sener model folder (sener.json, span.safetensors, adapter/).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// SeNER JSON lines (`text` word list, `entity`).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output .safetensors: `logits.<line>` [words, 2w+1, labels] per document (`logits.<line>.<k>`
+    /// for its k-th further segment when it is longer than the maximum length).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Also write decoded entities per document as `[start, end_exclusive, label]` word spans.
+    #[arg(long)]
+    pub decoded: Option<PathBuf>,
+    /// Segment length in tokens (default: the model's, 5120).
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
 
 pub fn import_official(a: ImportOfficialArgs) -> Result<()> {
     let labels = match (&a.task, &a.labels) {
@@ -59,8 +117,8 @@ fn word_tokenizer(dir: &Path) -> Result<WordTokenizer> {
 }
 
 pub fn score(a: ScoreArgs) -> Result<()> {
-    let dev = crate::cli::parse_device(&a.device)?;
-    let model_dir = crate::cli::model_dir(&a.model)?;
+    let dev = crate::common::parse_device(&a.device)?;
+    let model_dir = crate::common::model_dir(&a.model)?;
     let model = Sener::load(&model_dir, &dev).with_context(|| format!("loading model {}", a.model.display()))?;
     let mut tok = word_tokenizer(&model.config.base_dir(&model_dir))?;
     let special = *tok.special();

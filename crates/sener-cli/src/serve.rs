@@ -291,8 +291,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let addr = listener.local_addr().context("reading the bound address")?;
     let access = Access::from_args(&a, addr)?;
 
-    let device = crate::cli::parse_device(&a.device)?;
-    let model_dir = crate::cli::model_dir(&a.model)?;
+    let device = crate::common::parse_device(&a.device)?;
+    let model_dir = crate::common::model_dir(&a.model)?;
     let mut ex = Extractor::load_on(&model_dir, &device).with_context(|| format!("loading model {}", a.model.display()))?;
     let segments = SegmentConfig { max_len: a.max_len.unwrap_or(ex.model.config.max_len), overlap: a.overlap };
     segments.validate().context("--max-len / --overlap")?;

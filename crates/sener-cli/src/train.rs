@@ -281,7 +281,7 @@ fn resolve_base(c: &mut TrainConfig) -> Result<()> {
 pub fn run(a: TrainArgs) -> Result<()> {
     let mut cfg = config_from(&a)?;
     resolve_base(&mut cfg)?;
-    let device = crate::cli::parse_device(&a.device)?;
+    let device = crate::common::parse_device(&a.device)?;
     let json = serde_json::to_string_pretty(&cfg)?;
     eprintln!("training with:\n{json}");
     let out = &cfg.output;

@@ -1,0 +1,60 @@
+//! Flags and conversions several commands share: the arrow-attention flags, `--model` (a folder
+//! or a Hub id) and `--device`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use sener::encoder::ArrowConfig;
+
+/// Arrow-attention flags shared by every command that runs an encoder.
+#[derive(Args, Debug, Clone)]
+pub struct ArrowArgs {
+    /// One-sided attention window in subword tokens (w). A window ≥ the input length with
+    /// --no-logn is exactly the stock full attention.
+    #[arg(long, default_value_t = 128)]
+    pub window: usize,
+    /// Switch off LogN scaling of the [CLS] query row.
+    #[arg(long)]
+    pub no_logn: bool,
+    /// Plain sliding-window attention: [CLS] is not global (ablation).
+    #[arg(long)]
+    pub no_global_cls: bool,
+}
+
+impl ArrowArgs {
+    pub fn to_config(&self) -> Result<ArrowConfig> {
+        if self.window == 0 {
+            bail!("--window must be at least 1");
+        }
+        Ok(ArrowConfig { window: self.window, logn: !self.no_logn, global_cls: !self.no_global_cls, ..ArrowConfig::default() })
+    }
+}
+
+/// A `--model` value: a local model folder, or (with the `hub` feature) a Hugging Face Hub id
+/// `org/name[@revision]` whose model folder (and base encoder) is fetched into the Hub cache.
+pub fn model_dir(spec: &std::path::Path) -> Result<PathBuf> {
+    #[cfg(feature = "hub")]
+    {
+        Ok(sener::hub::resolve_model(spec)?)
+    }
+    #[cfg(not(feature = "hub"))]
+    {
+        if !spec.exists() {
+            bail!("{}: no such model folder (this build has no Hugging Face Hub support: feature `hub`)", spec.display());
+        }
+        Ok(spec.to_path_buf())
+    }
+}
+
+pub fn parse_device(s: &str) -> Result<candle_core::Device> {
+    match s {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        s if s.starts_with("cuda") => {
+            let n = s.strip_prefix("cuda").and_then(|r| r.strip_prefix(':')).unwrap_or("0");
+            let n: usize = n.parse().with_context(|| format!("--device {s}: bad ordinal"))?;
+            candle_core::Device::new_cuda(n).with_context(|| format!("--device {s}"))
+        }
+        other => bail!("--device {other}: expected cpu or cuda[:N]"),
+    }
+}
