@@ -278,8 +278,38 @@ fn resolve_base(c: &mut TrainConfig) -> Result<()> {
     bail!("--base {}: no such folder (this build has no Hugging Face Hub support: feature `hub`)", c.base.display())
 }
 
+/// The collective of this run: MPI when `sener train` was started by an MPI launcher (`mpirun`,
+/// `srun`) and the build has the `mpi` feature; one process otherwise.
+fn collective() -> Result<Box<dyn sener::train::collective::Collective>> {
+    if !sener::train::collective::launched_by_mpi() {
+        return Ok(Box::new(sener::train::collective::Local));
+    }
+    #[cfg(feature = "mpi")]
+    {
+        let mpi = sener::train::collective::Mpi::init().context("starting MPI")?;
+        Ok(Box::new(mpi))
+    }
+    #[cfg(not(feature = "mpi"))]
+    bail!("started by an MPI launcher, but this build has no MPI support (cargo build --release -p sener-cli --features mpi)")
+}
+
 pub fn run(a: TrainArgs) -> Result<()> {
     let mut cfg = config_from(&a)?;
+    let coll = collective()?;
+    let (rank, world) = (coll.rank(), coll.world());
+    if rank > 0 {
+        // Rank 0 reports, logs and writes; the others train quietly. A launcher forwards Ctrl-C
+        // to every rank: here it is only noted, rank 0 decides (and every rank stops with it).
+        ctrlc::set_handler(|| {}).context("installing the Ctrl-C handler")?;
+        resolve_base(&mut cfg)?;
+        let device = crate::common::parse_device(&a.device)?;
+        let hooks = TrainHooks { stop: None, progress: None, collective: Some(coll.as_ref()) };
+        train_with(&cfg, &device, &mut std::io::sink(), hooks).with_context(|| format!("training (rank {rank} of {world})"))?;
+        return Ok(());
+    }
+    if world > 1 {
+        eprintln!("data-parallel training: rank 0 of {world} (MPI)");
+    }
     resolve_base(&mut cfg)?;
     let device = crate::common::parse_device(&a.device)?;
     let json = serde_json::to_string_pretty(&cfg)?;
@@ -313,7 +343,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         let tps = if p.seconds > 0.0 { p.tokens as f64 / p.seconds } else { 0.0 };
         bar.set_message(format!("step {}/{}  loss {:.4}  lr {:.2e}  {:.0} tok/s", p.step, p.total_steps, p.loss, p.lr_new, tps));
     };
-    let hooks = TrainHooks { stop: Some(stop), progress: Some(Box::new(progress)) };
+    let hooks = TrainHooks { stop: Some(stop), progress: Some(Box::new(progress)), collective: Some(coll.as_ref()) };
     let report = train_with(&cfg, &device, &mut log, hooks).context("training")?;
     bar.finish_and_clear();
     eprintln!("{}", serde_json::to_string_pretty(&report)?);

@@ -310,7 +310,7 @@ fn train<'py>(py: Python<'py>, config: Option<&Bound<'py, PyDict>>) -> PyResult<
                     );
                 }
             };
-            let hooks = sener::train::trainer::TrainHooks { stop: Some(stop.clone()), progress: Some(Box::new(progress)) };
+            let hooks = sener::train::trainer::TrainHooks { stop: Some(stop.clone()), progress: Some(Box::new(progress)), collective: None };
             sener::train::trainer::train_with(&cfg, &dev, &mut log, hooks).map_err(to_py)
         })
     })?;

@@ -2,6 +2,7 @@
 
 pub mod calibrate;
 pub mod card;
+pub mod collective;
 pub mod optim;
 pub mod recompute;
 pub mod trainer;

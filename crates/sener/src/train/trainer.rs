@@ -29,6 +29,7 @@ use sener_data::split::{self as words, Splitter, SplitterChoice};
 use sener_data::Document;
 
 use super::calibrate::{calibrate, HeldOut};
+use super::collective::{Collective, Local};
 use super::card::CardInfo;
 use super::optim::{linear_schedule, no_decay, AdamW, AdamWConfig, GroupConfig};
 use crate::decode::DecodeOptions;
@@ -605,6 +606,9 @@ pub struct Progress {
 pub struct TrainHooks<'a> {
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     pub progress: Option<Box<dyn FnMut(&Progress) + 'a>>,
+    /// Data-parallel training ([`super::collective`]): this process is one rank of several.
+    /// None: one process.
+    pub collective: Option<&'a dyn Collective>,
 }
 
 /// Outcome of a run.
@@ -743,15 +747,51 @@ fn resume_dir(cfg: &TrainConfig) -> PathBuf {
     cfg.output.with_file_name(name)
 }
 
-/// The config fields that must not change across a resume.
-fn resume_key(cfg: &TrainConfig) -> serde_json::Value {
+/// The config fields that must not change across a resume, and the number of ranks (when more
+/// than one).
+fn resume_key(cfg: &TrainConfig, world: usize) -> serde_json::Value {
     let mut v = serde_json::to_value(cfg).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         for k in ["resume", "checkpoint_every", "output"] {
             o.remove(k);
         }
+        if world > 1 {
+            o.insert("world".into(), world.into());
+        }
     }
     v
+}
+
+/// The tensors' values, one after another, as f32.
+fn flatten(tensors: &[Tensor]) -> Result<Vec<f32>> {
+    let mut out = Vec::new();
+    for t in tensors {
+        out.extend(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+    }
+    Ok(out)
+}
+
+/// Sets the variables to consecutive pieces of `flat` (as [`flatten`] laid them out).
+fn unflatten_into(flat: &[f32], vars: &[(String, Var)]) -> Result<()> {
+    let mut at = 0;
+    for (_, v) in vars {
+        let n = v.elem_count();
+        let t = Tensor::from_slice(&flat[at..at + n], v.shape(), v.device())?.to_dtype(v.dtype())?;
+        v.set(&t)?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// The seed of micro-batch `mi` of `epoch`: masking and dropout are drawn per micro-batch, so a
+/// micro-batch gets the same draws whichever rank runs it, and after a resume.
+fn micro_seed(seed: u64, epoch: usize, mi: usize, stream: u64) -> u64 {
+    let mut x = seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for v in [epoch as u64, mi as u64] {
+        x = (x ^ v).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x ^= x >> 31;
+    }
+    x
 }
 
 fn save_resume(dir: &Path, model: &Sener, opt: &AdamW, state: &ResumeState) -> Result<()> {
@@ -799,6 +839,12 @@ pub fn train(cfg: &TrainConfig, device: &Device, log: &mut dyn Write) -> Result<
 /// [`train`] with a stop flag and a progress callback.
 pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut hooks: TrainHooks) -> Result<TrainReport> {
     let t0 = Instant::now();
+    let coll: &dyn Collective = hooks.collective.take().unwrap_or(&Local);
+    let (rank, world) = (coll.rank(), coll.world());
+    let rank0 = rank == 0;
+    // Only rank 0 writes the log (and checkpoints and the model, below).
+    let mut sink = std::io::sink();
+    let log: &mut dyn Write = if rank0 { log } else { &mut sink };
     let stop_flag = hooks.stop.clone();
     let stop_requested = || stop_flag.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
     let mut interrupted = false;
@@ -909,6 +955,20 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
     let mut last_loss = f64::NAN;
     let mut epochs_run = 0;
     let accum = cfg.batch_size / cfg.micro_batch;
+    if accum % world != 0 {
+        return Err(Error::Input(format!(
+            "training config: batch_size {} must be a multiple of micro_batch {} × {world} ranks (each rank runs its share of every step's micro-batches)",
+            cfg.batch_size, cfg.micro_batch
+        )));
+    }
+    if world > 1 {
+        writeln!(log, "{}", serde_json::json!({"event": "distributed", "world": world, "micro_batches_per_rank_per_step": accum / world}))
+            .map_err(|e| Error::io("metrics log", e))?;
+        // Every rank starts from rank 0's weights.
+        let mut flat = flatten(trainable.iter().map(|(_, v)| v.as_tensor().clone()).collect::<Vec<_>>().as_slice())?;
+        coll.broadcast(&mut flat)?;
+        unflatten_into(&flat, &trainable)?;
+    }
     let rdir = resume_dir(cfg);
     let (mut start_epoch, mut start_micro) = (0, 0);
     let found = if cfg.resume { complete_dir(&rdir, &sibling(&rdir, ".tmp"), "state.json") } else { None };
@@ -919,7 +979,7 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
         let sp = rdir.join("state.json");
         let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
         let st: ResumeState = serde_json::from_str(&text).map_err(|e| Error::Json { path: sp.clone(), message: e.to_string() })?;
-        if st.config != resume_key(cfg) {
+        if st.config != resume_key(cfg, world) {
             return Err(Error::model(&sp, "the run being resumed used a different configuration"));
         }
         let params = candle_core::safetensors::load(rdir.join("params.safetensors"), device)
@@ -945,7 +1005,7 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
         writeln!(log, "{}", serde_json::json!({"event": "resume", "epoch": st.epoch, "next_micro": st.next_micro, "step": st.step}))
             .map_err(|e| Error::io("metrics log", e))?;
     }
-    let key = resume_key(cfg);
+    let key = resume_key(cfg, world);
     let elapsed = |t0: &Instant| elapsed_before + t0.elapsed().as_secs_f64();
     #[allow(clippy::too_many_arguments)]
     let snapshot = |epoch: usize, next_micro: usize, step: usize, best: Option<(usize, f64)>, rng: &ChaCha8Rng, ctx: &ForwardCtx, planned_total: Option<usize>, thresholds: Option<Vec<f32>>| ResumeState {
@@ -979,6 +1039,14 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
         let mut in_acc = 0;
         let skip = if epoch == start_epoch { start_micro } else { 0 };
         for (mi, idxs) in micro.iter().enumerate().skip(skip) {
+            // Step groups start at multiples of accum (resume points are step ends); micro-batch
+            // k of a group runs on rank k mod world.
+            let mine = (mi % accum) % world == rank;
+            tokens += idxs.iter().map(|&i| train_split.examples[i].seg.input_ids.len()).sum::<usize>();
+            in_acc += 1;
+            if mine {
+            rng = ChaCha8Rng::seed_from_u64(micro_seed(cfg.seed, epoch, mi, 1));
+            ctx.set_rng(ChaCha8Rng::seed_from_u64(micro_seed(cfg.seed, epoch, mi, 2)));
             let rows: Vec<(Vec<u32>, Vec<u32>, usize)> = idxs
                 .iter()
                 .map(|&i| {
@@ -990,7 +1058,6 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
                     (ids, ex.seg.indexes.clone(), ex.seg.n_words)
                 })
                 .collect();
-            tokens += rows.iter().map(|r| r.0.len()).sum::<usize>();
             let batch = Batch::new(&rows, special.pad, device)?;
             let n = batch.words.iter().copied().max().unwrap_or(1);
             let gold: Vec<Vec<GoldSpan>> = idxs.iter().map(|&i| train_split.examples[i].gold.clone()).collect();
@@ -1006,8 +1073,33 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
                 };
                 acc.insert(name, sum);
             }
-            in_acc += 1;
+            }
             if in_acc == accum || mi + 1 == micro.len() {
+                let mut allreduce_ms = None;
+                if world > 1 {
+                    let ta = Instant::now();
+                    // Sum the gradients (and which tensors have one, and the loss) over the ranks.
+                    let zeros: Vec<Tensor> = trainable
+                        .iter()
+                        .map(|(n, v)| acc.get(n).cloned().map_or_else(|| v.as_tensor().zeros_like(), Ok))
+                        .collect::<candle_core::Result<_>>()?;
+                    let mut flat = flatten(&zeros)?;
+                    coll.all_reduce_sum(&mut flat)?;
+                    let mut meta: Vec<f64> = trainable.iter().map(|(n, _)| if acc.contains_key(n) { 1.0 } else { 0.0 }).collect();
+                    meta.push(acc_loss);
+                    coll.all_reduce_sum_f64(&mut meta)?;
+                    acc_loss = meta[trainable.len()];
+                    acc.clear();
+                    let mut at = 0;
+                    for ((name, v), has) in trainable.iter().zip(&meta) {
+                        let n = v.elem_count();
+                        if *has > 0.0 {
+                            acc.insert(name.clone(), Tensor::from_slice(&flat[at..at + n], v.shape(), v.device())?.to_dtype(v.dtype())?);
+                        }
+                        at += n;
+                    }
+                    allreduce_ms = Some(ta.elapsed().as_secs_f64() * 1e3);
+                }
                 let factor = linear_schedule(opt.step, warmup, total);
                 let info = opt.step_with(|name, _| acc.get(name).cloned(), factor)?;
                 last_loss = acc_loss;
@@ -1040,30 +1132,45 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
                         "eval_seconds_estimate": eval_cost, "total_steps": total, "warmup_steps": warmup}))
                         .map_err(|e| Error::io("metrics log", e))?;
                 }
+                // Decisions that depend on the clock or a signal are rank 0's: the planned schedule,
+                // the time budget and a stop request.
+                let mut budget_now = cfg.max_time.is_some_and(|b| elapsed(&t0) + steps_timed.last().copied().unwrap_or(0.0) + eval_seconds.unwrap_or(0.0) > b);
+                let mut stop_now = stop_requested();
+                if world > 1 {
+                    let mut d = [total as f64, warmup as f64, planned as u8 as f64, budget_now as u8 as f64, stop_now as u8 as f64];
+                    coll.broadcast_f64(&mut d)?;
+                    (total, warmup, planned, budget_now, stop_now) = (d[0] as usize, d[1] as usize, d[2] > 0.0, d[3] > 0.0, d[4] > 0.0);
+                }
                 let line = serde_json::json!({"event": "step", "epoch": epoch, "step": opt.step, "loss": acc_loss,
                     "grad_norm": info.grad_norm, "lr_new": cfg.lr_new * factor, "lr_encoder": cfg.lr_encoder * factor,
                     "seconds": elapsed(&t0), "tokens": tokens,
                     "peak_rss_mib": crate::mem::peak_rss().map(|b| b as f64 / (1 << 20) as f64)});
+                let mut line = line;
+                if let (Some(ms), Some(o)) = (allreduce_ms, line.as_object_mut()) {
+                    o.insert("allreduce_ms".into(), ms.into());
+                }
                 writeln!(log, "{line}").map_err(|e| Error::io("metrics log", e))?;
                 acc.clear();
                 acc_loss = 0.0;
                 in_acc = 0;
                 let plan = planned.then_some(total).filter(|_| cfg.max_time.is_some());
-                if cfg.checkpoint_every > 0 && opt.step % cfg.checkpoint_every == 0 {
+                if rank0 && cfg.checkpoint_every > 0 && opt.step % cfg.checkpoint_every == 0 {
                     save_resume(&rdir, &model, &opt, &snapshot(epoch, mi + 1, opt.step, best, &rng, &ctx, plan, model.config.thresholds.clone()))?;
                 }
                 if opt.step >= total {
                     reached_total = true;
                     break;
                 }
-                if cfg.max_time.is_some_and(|b| elapsed(&t0) + steps_timed.last().copied().unwrap_or(0.0) + eval_seconds.unwrap_or(0.0) > b) {
+                if budget_now {
                     writeln!(log, "{}", serde_json::json!({"event": "time_budget_reached", "epoch": epoch, "step": opt.step, "seconds": elapsed(&t0)}))
                         .map_err(|e| Error::io("metrics log", e))?;
                     budget_hit = true;
                     break;
                 }
-                if stop_requested() {
-                    save_resume(&rdir, &model, &opt, &snapshot(epoch, mi + 1, opt.step, best, &rng, &ctx, plan, model.config.thresholds.clone()))?;
+                if stop_now {
+                    if rank0 {
+                        save_resume(&rdir, &model, &opt, &snapshot(epoch, mi + 1, opt.step, best, &rng, &ctx, plan, model.config.thresholds.clone()))?;
+                    }
                     writeln!(log, "{}", serde_json::json!({"event": "interrupted", "epoch": epoch, "step": opt.step}))
                         .map_err(|e| Error::io("metrics log", e))?;
                     interrupted = true;
@@ -1108,19 +1215,40 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
                 model.config.thresholds = thresholds;
                 let what = if cfg.dev.is_some() { "dev".to_string() } else { format!("held-out {} of {} training documents", dev.docs.len(), dev.docs.len() + train_split.docs.len()) };
                 let card = CardInfo { train: cfg, model: &model.config, dev: Some((&m, what)), steps: opt.step, epoch: Some(epoch), train_documents: train_split.docs.len() };
-                save_atomic(&model, &cfg.output, &card)?;
+                if rank0 {
+                    save_atomic(&model, &cfg.output, &card)?;
+                }
             } else if best.is_some_and(|(be, _)| epoch - be >= cfg.patience) {
                 stop = true;
             }
-            save_resume(&rdir, &model, &opt, &snapshot(epoch + 1, 0, opt.step, best, &rng, &ctx, plan, model.config.thresholds.clone()))?;
+            if rank0 {
+                save_resume(&rdir, &model, &opt, &snapshot(epoch + 1, 0, opt.step, best, &rng, &ctx, plan, model.config.thresholds.clone()))?;
+            }
             if stop || budget_hit || reached_total {
                 break;
             }
         } else {
-            save_resume(&rdir, &model, &opt, &snapshot(epoch + 1, 0, opt.step, best, &rng, &ctx, plan, None))?;
+            if rank0 {
+                save_resume(&rdir, &model, &opt, &snapshot(epoch + 1, 0, opt.step, best, &rng, &ctx, plan, None))?;
+            }
             if budget_hit || reached_total {
                 break;
             }
+        }
+    }
+    if world > 1 {
+        // Every rank must hold rank 0's weights: compare, and agree on the largest difference.
+        let mine = flatten(trainable.iter().map(|(_, v)| v.as_tensor().clone()).collect::<Vec<_>>().as_slice())?;
+        let mut first = mine.clone();
+        coll.broadcast(&mut first)?;
+        let mut diff = vec![0.0f64; world];
+        diff[rank] = mine.iter().zip(&first).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
+        coll.all_reduce_sum_f64(&mut diff)?;
+        let max = diff.iter().copied().fold(0.0, f64::max);
+        writeln!(log, "{}", serde_json::json!({"event": "ranks_agree", "world": world, "max_weight_diff": max, "per_rank": diff}))
+            .map_err(|e| Error::io("metrics log", e))?;
+        if max > 1e-5 {
+            return Err(Error::Input(format!("the ranks' weights differ by up to {max:e} after training (rank-local state leaked into the step)")));
         }
     }
     // Without a dev split (or before its first evaluation) the model folder is written at the end —
@@ -1128,7 +1256,9 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
     // (`--resume` continues the schedule and overwrites it).
     if dev_split.is_none() || best.is_none() {
         let card = CardInfo { train: cfg, model: &model.config, dev: None, steps: opt.step, epoch: None, train_documents: train_split.docs.len() };
-        save_atomic(&model, &cfg.output, &card)?;
+        if rank0 {
+            save_atomic(&model, &cfg.output, &card)?;
+        }
         if interrupted {
             writeln!(log, "{}", serde_json::json!({"event": "saved_partial", "step": opt.step, "output": cfg.output}))
                 .map_err(|e| Error::io("metrics log", e))?;
