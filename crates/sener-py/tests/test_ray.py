@@ -63,6 +63,13 @@ def cli_entities(folder: Path, docs: list[tuple[str, str]]) -> dict[str, list[tu
     return got
 
 
+def same(entities: list[dict], want: list[tuple]) -> bool:
+    """The CLI's entities (spans, labels, texts); scores to 1e-4 (documents batched together
+    share forward passes, which may change the last bits of a score)."""
+    got = [(e["start"], e["end"], e["label"], e["text"]) for e in entities]
+    return got == [w[:4] for w in want] and all(abs(e["score"] - w[4]) < 1e-4 for e, w in zip(entities, want))
+
+
 def rows_of(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -110,8 +117,7 @@ def test_two_nodes_give_the_cli_entities_each_document_once(cluster, tmp_path):
     assert all(r["sener_loads"] == 1 for r in rows), "each actor loaded the model once"
     want = cli_entities(tmp_path / "docs", docs)
     for r in rows:
-        got = [(e["start"], e["end"], e["label"], e["text"], round(e["score"], 4)) for e in r["entities"]]
-        assert got == want[r["id"]], r["id"]
+        assert same(r["entities"], want[r["id"]]), r["id"]
     text = dict(docs)
     for r in rows:
         for e in r["entities"]:
@@ -142,7 +148,7 @@ def test_the_job_survives_losing_a_node(cluster, tmp_path):
     assert any(r["sener_node"] == head for r in rows[killed_at:]), "the head finished the job"
     want = cli_entities(tmp_path / "docs", docs)
     for r in rows:
-        assert [(e["start"], e["end"], e["label"], e["text"], round(e["score"], 4)) for e in r["entities"]] == want[r["id"]]
+        assert same(r["entities"], want[r["id"]]), r["id"]
 
 
 def test_the_predictor_keeps_other_columns():
