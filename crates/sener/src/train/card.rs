@@ -116,6 +116,13 @@ pub fn model_card(c: &CardInfo) -> String {
         cfg.lr_new,
         cfg.seed
     );
+    if let Some(from) = &cfg.init_from {
+        let _ = writeln!(
+            s,
+            "The run started from the trained model `{}` (`--init-from`: its adapter and span layers, and its type head when the types are the same), so these steps come on top of that model's own training.\n",
+            from.display()
+        );
+    }
     if let Some((r, what)) = &c.dev {
         let pct = |x: f64| format!("{:.2}", 100.0 * x);
         let _ = writeln!(s, "## Evaluation ({what}, official metric: exact span and type)\n");
