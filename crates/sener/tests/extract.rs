@@ -1,29 +1,10 @@
 //! The extraction API on a model imported from an official-layout checkpoint (tiny fixture):
 //! exact character offsets on unicode text, long inputs segmented and merged, edge inputs.
 
-use std::path::{Path, PathBuf};
-
 use sener::extract::Extractor;
-use sener::official::{import, ImportOptions};
-use sener::span::SpanConfig;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-fn tiny_model(dir: &Path) -> PathBuf {
-    let out = dir.join("model");
-    let opts = ImportOptions {
-        labels: ["a", "b", "c", "d", "e"].map(String::from).to_vec(),
-        span: SpanConfig { window: 4, biaffine_size: 10, cnn_dim: 8, cnn_depth: 2, ..SpanConfig::default() },
-        lora_alpha: 16.0,
-        arrow: Default::default(),
-        max_len: 5120,
-        splitter: Default::default(),
-    };
-    import(&fixture("official_tiny.pth"), &fixture("deberta_v3_tiny_tok"), &out, &opts).unwrap();
-    out
-}
+mod common;
+use common::tiny_model;
 
 #[test]
 fn offsets_are_exact_on_unicode_text_and_long_inputs_are_segmented() {

@@ -7,21 +7,17 @@
 //! CI runs `SENER_FUZZ_CASES` cases (default 48); for a longer run:
 //! `SENER_FUZZ_CASES=5000 cargo test --release -p sener --test fuzz_model_folder`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
 use sener::extract::Extractor;
-use sener::official::{import, ImportOptions};
-use sener::span::SpanConfig;
 use serde_json::{json, Value};
+
+mod common;
 
 fn cases(default: u32) -> u32 {
     std::env::var("SENER_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 /// The tiny model folder every case starts from, and the original texts of its two configs.
@@ -29,16 +25,7 @@ fn folder() -> &'static (PathBuf, String, String) {
     static F: OnceLock<(PathBuf, String, String)> = OnceLock::new();
     F.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("sener-fuzz-folder-{}", std::process::id()));
-        let out = dir.join("model");
-        let opts = ImportOptions {
-            labels: ["a", "b", "c", "d", "e"].map(String::from).to_vec(),
-            span: SpanConfig { window: 4, biaffine_size: 10, cnn_dim: 8, cnn_depth: 2, ..SpanConfig::default() },
-            lora_alpha: 16.0,
-            arrow: Default::default(),
-            max_len: 5120,
-            splitter: Default::default(),
-        };
-        import(&fixture("official_tiny.pth"), &fixture("deberta_v3_tiny_tok"), &out, &opts).unwrap();
+        let out = common::tiny_model(&dir);
         let sener = std::fs::read_to_string(out.join("sener.json")).unwrap();
         let adapter = std::fs::read_to_string(out.join("adapter/adapter_config.json")).unwrap();
         (out, sener, adapter)
