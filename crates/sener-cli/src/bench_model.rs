@@ -40,6 +40,11 @@ pub struct BenchModelArgs {
     /// cpu or cuda[:N].
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Precisions of the encoder's matrix products, each measured in turn: f32, bf16, auto
+    /// (see `sener extract --dtype`). A bf16 run on a CPU without bf16 kernels is skipped with
+    /// the reason.
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    pub dtypes: Vec<String>,
     #[arg(long)]
     pub minilm: Option<PathBuf>,
     /// Timed forwards per measurement (after a short warm-up); the median is reported.
@@ -75,6 +80,8 @@ pub struct BenchModelOneArgs {
     pub length: usize,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub dtype: crate::common::DtypeArgs,
     #[arg(long)]
     pub minilm: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
@@ -89,6 +96,9 @@ pub struct ModelRun {
     /// `sener` (arrow attention w, span band w′) or `full` (full attention, full L×L span tensor).
     pub mode: String,
     pub device: String,
+    /// Precision of the encoder's matrix products as run: `f32` or `bf16 (amx-bf16)`.
+    #[serde(default = "f32_name")]
+    pub dtype: String,
     pub tokens: usize,
     pub words: usize,
     /// Seconds of one whole forward (median of the timed runs), and its two parts.
@@ -105,6 +115,10 @@ pub struct ModelRun {
     pub gflops_per_s: f64,
     /// Why the run was skipped or failed.
     pub skipped: Option<String>,
+}
+
+fn f32_name() -> String {
+    "f32".into()
 }
 
 const ARROW_WINDOW: usize = 128;
@@ -188,6 +202,7 @@ fn skipped(model: &str, mode: &str, device: &str, tokens: usize, why: String) ->
         model: model.into(),
         mode: mode.into(),
         device: device.into(),
+        dtype: f32_name(),
         tokens,
         words: words_of(tokens),
         seconds: f64::NAN,
@@ -240,13 +255,20 @@ pub fn run(a: BenchModelArgs) -> Result<()> {
     let exe = std::env::current_exe().context("locating the sener binary")?;
     let cuda = a.device.starts_with("cuda");
     println!(
-        "full model forward (encoder → max-pool → biaffine → 2 BiSPA → head), batch 1, f32, {} types, device {}; \
+        "full model forward (encoder → max-pool → biaffine → 2 BiSPA → head), batch 1, {} types, device {}; \
          sener = arrow w {ARROW_WINDOW} + span band w′ {SPAN_WINDOW}; full = full attention + full L×L span tensor",
         a.labels, a.device
     );
     println!();
-    println!("| model | mode | tokens | words | s / forward | encoder s | span s | tokens/s | peak {} (MiB) | GFLOP/s |", if cuda { "GPU" } else { "RSS" });
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for d in &a.dtypes {
+        sener::gemm_bf16::DtypeChoice::parse(d).with_context(|| format!("--dtypes {d}"))?;
+    }
+    let kernel = sener::gemm_bf16::Bf16Kernel::detect();
+    println!("bf16 kernel on this CPU: {}", kernel.map_or("none (bf16 runs are skipped, auto runs f32)", |k| k.name()));
+    println!("encoder matrix products in the named dtype (f32 accumulation); span side, attention, LayerNorm and soft-max in f32");
+    println!();
+    println!("| model | mode | dtype | tokens | words | s / forward | encoder s | span s | tokens/s | peak {} (MiB) | GFLOP/s |", if cuda { "GPU" } else { "RSS" });
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut runs = Vec::new();
     for model in &a.models {
         shape(model)?; // an unknown name fails here, before any run
@@ -254,6 +276,7 @@ pub fn run(a: BenchModelArgs) -> Result<()> {
             if mode != "sener" && mode != "full" {
                 bail!("--modes {mode}: expected sener or full");
             }
+            for dtype in &a.dtypes {
             let mut failed = false;
             for &t in &a.lengths {
                 let (e, s) = estimate(model, mode, t)?;
@@ -262,15 +285,22 @@ pub fn run(a: BenchModelArgs) -> Result<()> {
                 let kk = if mode == "full" { 2 * n - 1 } else { 2 * SPAN_WINDOW + 1 };
                 let (hidden, _) = shape(model)?;
                 let tflop = span_flops(n, kk, hidden as usize, 100, 32, 2, a.labels) / 1e12;
+                let skip = |why: String| {
+                    let mut r = skipped(model, mode, &a.device, t, why);
+                    r.dtype = dtype.clone();
+                    r
+                };
                 let r = if failed {
-                    skipped(model, mode, &a.device, t, "a shorter length failed".into())
+                    skip("a shorter length failed".into())
+                } else if dtype == "bf16" && (kernel.is_none() || cuda) {
+                    skip("no bf16 kernel on this device".into())
                 } else if est_gib > a.budget_gib {
-                    skipped(model, mode, &a.device, t, format!("est. {est_gib:.0} GiB > budget {:.0} GiB", a.budget_gib))
+                    skip(format!("est. {est_gib:.0} GiB > budget {:.0} GiB", a.budget_gib))
                 } else if tflop > a.max_tflop {
-                    skipped(model, mode, &a.device, t, format!("est. {tflop:.0} TFLOP > {:.0}", a.max_tflop))
+                    skip(format!("est. {tflop:.0} TFLOP > {:.0}", a.max_tflop))
                 } else {
                     let mut cmd = Command::new(&exe);
-                    cmd.args(["bench", "model-one", "--model", model, "--mode", mode, "--device", &a.device])
+                    cmd.args(["bench", "model-one", "--model", model, "--mode", mode, "--device", &a.device, "--dtype", dtype])
                         .args(["--length", &t.to_string(), "--repeat", &a.repeat.to_string(), "--labels", &a.labels.to_string()]);
                     if let Some(d) = &a.minilm {
                         cmd.arg("--minilm").arg(d);
@@ -289,12 +319,13 @@ pub fn run(a: BenchModelArgs) -> Result<()> {
                         _ => {
                             failed = true;
                             let last = err.trim().lines().last().unwrap_or("no output").to_string();
-                            skipped(model, mode, &a.device, t, format!("failed: {last}"))
+                            skip(format!("failed: {last}"))
                         }
                     }
                 };
                 print_row(&r);
                 runs.push(r);
+            }
             }
         }
     }
@@ -303,10 +334,10 @@ pub fn run(a: BenchModelArgs) -> Result<()> {
         println!();
         println!("log-log fit over the measured lengths ≥ 1024 tokens (exponent 1 = linear):");
         println!();
-        println!("| model | mode | points | time exponent | memory exponent (activations) |");
-        println!("|---|---|---:|---:|---:|");
+        println!("| model | mode | dtype | points | time exponent | memory exponent (activations) |");
+        println!("|---|---|---|---:|---:|---:|");
         for f in &fits {
-            println!("| {} | {} | {} | {:.3} | {:.3} |", f["model"].as_str().unwrap_or(""), f["mode"].as_str().unwrap_or(""), f["points"], f["time"].as_f64().unwrap_or(f64::NAN), f["memory"].as_f64().unwrap_or(f64::NAN));
+            println!("| {} | {} | {} | {} | {:.3} | {:.3} |", f["model"].as_str().unwrap_or(""), f["mode"].as_str().unwrap_or(""), f["dtype"].as_str().unwrap_or(""), f["points"], f["time"].as_f64().unwrap_or(f64::NAN), f["memory"].as_f64().unwrap_or(f64::NAN));
         }
     }
     if let Some(p) = &a.json {
@@ -322,10 +353,10 @@ pub fn run(a: BenchModelArgs) -> Result<()> {
 fn print_row(m: &ModelRun) {
     let mib = |b: u64| b as f64 / 1048576.0;
     match &m.skipped {
-        Some(why) => println!("| {} | {} | {} | {} | — | — | — | — | — | {} |", m.model, m.mode, m.tokens, m.words, why),
+        Some(why) => println!("| {} | {} | {} | {} | {} | — | — | — | — | — | {} |", m.model, m.mode, m.dtype, m.tokens, m.words, why),
         None => println!(
-            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} |",
-            m.model, m.mode, m.tokens, m.words, m.seconds, m.encoder_seconds, m.span_seconds, m.tokens_per_s, mib(m.peak_bytes), m.gflops_per_s
+            "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} |",
+            m.model, m.mode, m.dtype, m.tokens, m.words, m.seconds, m.encoder_seconds, m.span_seconds, m.tokens_per_s, mib(m.peak_bytes), m.gflops_per_s
         ),
     }
 }
@@ -345,23 +376,24 @@ pub fn loglog_slope(points: &[(f64, f64)]) -> f64 {
 
 fn fit_exponents(runs: &[ModelRun]) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
-    let mut keys: Vec<(String, String)> = runs.iter().map(|r| (r.model.clone(), r.mode.clone())).collect();
+    let mut keys: Vec<(String, String, String)> = runs.iter().map(|r| (r.model.clone(), r.mode.clone(), r.dtype.clone())).collect();
     keys.dedup();
-    for (model, mode) in keys {
-        let ok: Vec<&ModelRun> = runs.iter().filter(|r| r.model == model && r.mode == mode && r.skipped.is_none() && r.tokens >= 1024).collect();
+    for (model, mode, dtype) in keys {
+        let ok: Vec<&ModelRun> =
+            runs.iter().filter(|r| r.model == model && r.mode == mode && r.dtype == dtype && r.skipped.is_none() && r.tokens >= 1024).collect();
         if ok.len() < 2 {
             continue;
         }
         let time = loglog_slope(&ok.iter().map(|r| (r.tokens as f64, r.seconds)).collect::<Vec<_>>());
         let mem = loglog_slope(&ok.iter().map(|r| (r.tokens as f64, r.peak_bytes.saturating_sub(r.model_bytes) as f64)).collect::<Vec<_>>());
-        out.push(serde_json::json!({"model": model, "mode": mode, "points": ok.len(), "time": time, "memory": mem}));
+        out.push(serde_json::json!({"model": model, "mode": mode, "dtype": dtype, "points": ok.len(), "time": time, "memory": mem}));
     }
     out
 }
 
 fn plot(runs: &[ModelRun], device: &str) -> String {
     const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
-    let mut keys: Vec<(String, String)> = runs.iter().map(|r| (r.model.clone(), r.mode.clone())).collect();
+    let mut keys: Vec<(String, String, String)> = runs.iter().map(|r| (r.model.clone(), r.mode.clone(), r.dtype.clone())).collect();
     keys.dedup();
     let models: Vec<String> = {
         let mut m: Vec<String> = keys.iter().map(|k| k.0.clone()).collect();
@@ -370,11 +402,15 @@ fn plot(runs: &[ModelRun], device: &str) -> String {
     };
     let series = |f: &dyn Fn(&ModelRun) -> f64| -> Vec<Series> {
         keys.iter()
-            .map(|(model, mode)| Series {
-                name: format!("{model} {mode}"),
+            .map(|(model, mode, dtype)| Series {
+                name: if dtype == "f32" { format!("{model} {mode}") } else { format!("{model} {mode} {dtype}") },
                 color: COLORS[models.iter().position(|m| m == model).unwrap_or(0) % COLORS.len()].to_string(),
                 dashed: mode == "full",
-                points: runs.iter().filter(|r| &r.model == model && &r.mode == mode && r.skipped.is_none()).map(|r| (r.tokens as f64, f(r))).collect(),
+                points: runs
+                    .iter()
+                    .filter(|r| &r.model == model && &r.mode == mode && &r.dtype == dtype && r.skipped.is_none())
+                    .map(|r| (r.tokens as f64, f(r)))
+                    .collect(),
             })
             .collect()
     };
@@ -397,7 +433,9 @@ pub fn run_one(a: BenchModelOneArgs) -> Result<()> {
         m => bail!("--mode {m}: expected sener or full"),
     };
     let opts = EncoderOptions { arrow: arrow.clone(), dtype: DType::F32, device: dev.clone() };
-    let enc = bench_encoder(&a.model, &a.minilm, &opts, false)?;
+    let mut enc = bench_encoder(&a.model, &a.minilm, &opts, false)?;
+    let precision = a.dtype.precision(&dev)?;
+    enc.set_precision(precision)?;
     let (ids, idx, words) = synthetic_segment(a.length, enc.vocab_size() as u32, 1, 2);
     let window = if a.mode == "full" { words.saturating_sub(1).max(1) } else { SPAN_WINDOW };
     let span = SpanModel::init(SpanConfig { window, ..SpanConfig::default() }, enc.hidden_size(), a.labels, 0, DType::F32, &dev)?;
@@ -434,6 +472,7 @@ pub fn run_one(a: BenchModelOneArgs) -> Result<()> {
         model: a.model.clone(),
         mode: a.mode.clone(),
         device: a.device.clone(),
+        dtype: precision.describe(),
         tokens: a.length,
         words,
         seconds,

@@ -1,5 +1,5 @@
 //! Flags and conversions several commands share: the arrow-attention flags, `--model` (a folder
-//! or a Hub id) and `--device`.
+//! or a Hub id), `--device` and `--dtype`.
 
 use std::path::PathBuf;
 
@@ -56,5 +56,42 @@ pub fn parse_device(s: &str) -> Result<candle_core::Device> {
             candle_core::Device::new_cuda(n).with_context(|| format!("--device {s}"))
         }
         other => bail!("--device {other}: expected cpu or cuda[:N]"),
+    }
+}
+
+/// `--dtype`: the precision of the encoder's matrix products.
+#[derive(Args, Debug, Clone)]
+pub struct DtypeArgs {
+    /// Precision of the encoder's linear layers: f32; bf16 (bf16 inputs, f32 accumulation, with
+    /// the CPU's AMX or AVX512-BF16 instructions; an error on a CPU with neither); auto (bf16
+    /// where the CPU has one of them, f32 elsewhere). The path taken is logged.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "auto"])]
+    pub dtype: String,
+}
+
+impl DtypeArgs {
+    /// The precision on this machine for a model on `device` (bf16 kernels are CPU kernels:
+    /// `auto` elsewhere is f32, `bf16` an error). Logs the path taken.
+    pub fn precision(&self, device: &candle_core::Device) -> Result<sener::gemm_bf16::Precision> {
+        use sener::gemm_bf16::{DtypeChoice, Precision};
+        let choice = DtypeChoice::parse(&self.dtype)?;
+        let p = match (choice, device.is_cpu()) {
+            (DtypeChoice::F32, _) | (DtypeChoice::Auto, false) => Precision::F32,
+            (DtypeChoice::Bf16, false) => bail!("--dtype bf16 runs on the CPU's bf16 kernels; use --device cpu, or f32 on {device:?}"),
+            (_, true) => choice.resolve().context("--dtype")?,
+        };
+        if choice == DtypeChoice::Auto && p == Precision::F32 {
+            tracing::warn!("--dtype auto: no AMX or AVX512-BF16 kernel here, the encoder runs in f32");
+        } else {
+            tracing::info!(dtype = %p.describe(), "encoder matrix products");
+        }
+        Ok(p)
+    }
+
+    /// Resolves the precision and puts the model's encoder in it.
+    pub fn apply(&self, model: &mut sener::model::Sener) -> Result<sener::gemm_bf16::Precision> {
+        let p = self.precision(&model.encoder.device())?;
+        model.encoder.set_precision(p).context("--dtype")?;
+        Ok(p)
     }
 }

@@ -75,6 +75,8 @@ pub struct EvalArgs {
     pub markdown: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub dtype: crate::common::DtypeArgs,
 }
 
 /// One line of a predictions file, parsed.
@@ -155,7 +157,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
         (Some(spec), None) => {
             let m = crate::common::model_dir(spec)?;
             let dev = crate::common::parse_device(&a.device)?;
-            let ex = Extractor::load_on(&m, &dev).with_context(|| format!("loading model {}", spec.display()))?;
+            let mut ex = Extractor::load_on(&m, &dev).with_context(|| format!("loading model {}", spec.display()))?;
+            a.dtype.apply(&mut ex.model)?;
             SegmentConfig::new(a.max_len.unwrap_or(ex.model.config.max_len)).validate().context("--max-len")?;
             let threshold = a.threshold.map_or_else(|| ex.model.config.threshold(), Threshold::Global);
             let opts = ExtractOptions { decode: DecodeOptions { threshold, ..DecodeOptions::default() }, max_len: a.max_len, overlap: 0 };

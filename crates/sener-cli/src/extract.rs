@@ -71,6 +71,8 @@ pub struct ExtractArgs {
     pub overlap: usize,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub dtype: crate::common::DtypeArgs,
 }
 
 /// The values of `--output-format`.
@@ -503,6 +505,7 @@ fn run_inner(a: ExtractArgs) -> Result<()> {
     let device = crate::common::parse_device(&a.device)?;
     let model_dir = crate::common::model_dir(&a.model)?;
     let mut ex = Extractor::load_on(&model_dir, &device).with_context(|| format!("loading model {}", a.model.display()))?;
+    a.dtype.apply(&mut ex.model)?;
     let max_len = a.max_len.unwrap_or(ex.model.config.max_len);
     SegmentConfig { max_len, overlap: a.overlap }.validate().context("--max-len / --overlap")?;
     ex.options = ExtractOptions {

@@ -98,6 +98,8 @@ pub struct ServeArgs {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub dtype: crate::common::DtypeArgs,
 }
 
 /// Response header of `/v1/extract`: how many requests shared the model call that answered it.
@@ -294,6 +296,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let device = crate::common::parse_device(&a.device)?;
     let model_dir = crate::common::model_dir(&a.model)?;
     let mut ex = Extractor::load_on(&model_dir, &device).with_context(|| format!("loading model {}", a.model.display()))?;
+    a.dtype.apply(&mut ex.model)?;
     let segments = SegmentConfig { max_len: a.max_len.unwrap_or(ex.model.config.max_len), overlap: a.overlap };
     segments.validate().context("--max-len / --overlap")?;
     // The server's defaults; a request's threshold and `flat` are laid over them per batch.

@@ -28,6 +28,7 @@ pub use sener_data as data;
 pub mod decode;
 pub mod encoder;
 pub mod extract;
+pub mod gemm_bf16;
 #[cfg(feature = "hub")]
 pub mod hub;
 pub mod error;

@@ -150,10 +150,14 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
     let xc = x.clamp(-87.3, 88.7);
     // round to nearest by the 1.5·2²³ trick: plain adds, so it vectorises without SSE4.1's round
     const MAGIC: f32 = 12_582_912.0;
-    let n = (xc * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
+    let t = xc * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2ⁿ from the bits of t (= MAGIC + n exactly, |n| ≤ 128): integer ops only, so the loop stays
+    // vectorised (`n as i32` is a saturating cast that compiles to one scalar conversion a lane).
+    let n_int = t.to_bits() as i32 - MAGIC.to_bits() as i32;
+    let scale = f32::from_bits(((n_int + 127) as u32) << 23);
     if x < -87.3 {
         0.0
     } else {

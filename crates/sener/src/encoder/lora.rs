@@ -110,6 +110,9 @@ pub struct LoraLinear {
     weight: Tensor,
     bias: Option<Bias>,
     adapter: Option<Adapter>,
+    /// The base product in bf16 (`--dtype bf16`): the current `weight` packed, repacked
+    /// whenever merging changes it. None: f32.
+    bf16: Option<crate::gemm_bf16::Bf16Linear>,
 }
 
 #[derive(Debug)]
@@ -132,11 +135,31 @@ impl LoraLinear {
     pub fn load(vb: candle_nn::VarBuilder, name: &str, in_dim: usize, out_dim: usize) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = Some(Bias::Frozen(vb.get(out_dim, "bias")?));
-        Ok(Self { name: name.to_string(), weight, bias, adapter: None })
+        Ok(Self { name: name.to_string(), weight, bias, adapter: None, bf16: None })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Multiply the (frozen) base weight in `p`: bf16 packs the current weight for the kernel.
+    pub fn set_precision(&mut self, p: crate::gemm_bf16::Precision) -> Result<()> {
+        self.bf16 = match p {
+            crate::gemm_bf16::Precision::F32 => None,
+            crate::gemm_bf16::Precision::Bf16(k) => Some(crate::gemm_bf16::Bf16Linear::new(&self.weight, k)?),
+        };
+        Ok(())
+    }
+
+    /// The precision of the base product.
+    pub fn precision(&self) -> crate::gemm_bf16::Precision {
+        self.bf16.as_ref().map_or(crate::gemm_bf16::Precision::F32, |b| crate::gemm_bf16::Precision::Bf16(b.kernel()))
+    }
+
+    /// After `weight` changed: pack it again if the layer runs in bf16.
+    fn repack(&mut self) -> Result<()> {
+        let p = self.precision();
+        self.set_precision(p)
     }
 
     /// Attach a fresh adapter (A random from `rng`, B = 0: the output is unchanged until trained).
@@ -186,6 +209,7 @@ impl LoraLinear {
                 let delta = (ad.b.as_tensor().matmul(ad.a.as_tensor())? * ad.scale)?.detach();
                 self.weight = (&self.weight + delta)?.detach();
                 ad.merged = true;
+                return self.repack();
             }
         }
         Ok(())
@@ -197,6 +221,7 @@ impl LoraLinear {
                 let delta = (ad.b.as_tensor().matmul(ad.a.as_tensor())? * ad.scale)?.detach();
                 self.weight = (&self.weight - delta)?.detach();
                 ad.merged = false;
+                return self.repack();
             }
         }
         Ok(())
@@ -211,7 +236,10 @@ impl LoraLinear {
     }
 
     pub fn forward(&self, xs: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let mut y = linear(xs, &ctx.weight(&self.weight))?;
+        let mut y = match &self.bf16 {
+            Some(b) if xs.device().is_cpu() => b.forward(xs)?,
+            _ => linear(xs, &ctx.weight(&self.weight))?,
+        };
         match &self.bias {
             Some(Bias::Frozen(b)) => y = y.broadcast_add(&ctx.weight(b))?,
             Some(Bias::Trainable(b)) => y = y.broadcast_add(&ctx.param(b))?,

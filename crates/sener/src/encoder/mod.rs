@@ -313,6 +313,33 @@ impl Encoder {
         }
     }
 
+    /// Multiply every linear layer's frozen weight in `p` (bf16: [`crate::gemm_bf16`]). The
+    /// embeddings, attention, LayerNorms and LoRA adapters stay f32. Refused for a fully
+    /// trainable encoder (its weights change every step) and off the CPU.
+    pub fn set_precision(&mut self, p: crate::gemm_bf16::Precision) -> Result<()> {
+        if p != crate::gemm_bf16::Precision::F32 {
+            if self.is_fully_trainable() {
+                return Err(Error::Input("bf16 products need frozen encoder weights (LoRA); full fine-tuning runs in f32".into()));
+            }
+            if !self.device().is_cpu() {
+                return Err(Error::Input("the bf16 kernels are CPU kernels; on this device use f32".into()));
+            }
+        }
+        for l in self.lora_layers_mut() {
+            l.set_precision(p)?;
+        }
+        Ok(())
+    }
+
+    /// The precision of the linear layers ([`Self::set_precision`]).
+    pub fn precision(&self) -> crate::gemm_bf16::Precision {
+        let first = match self {
+            Self::Deberta(m) => m.lora_layers().next().map(|l| l.precision()),
+            Self::Bert(m) => m.lora_layers().next().map(|l| l.precision()),
+        };
+        first.unwrap_or_default()
+    }
+
     /// Fold the adapters into the weights (inference fast path).
     pub fn merge_lora(&mut self) -> Result<()> {
         for l in self.lora_layers_mut() {
