@@ -92,6 +92,9 @@ pub struct BenchTrainStepArgs {
     /// Span window w′ in words (one side; the band has 2w′+1 columns).
     #[arg(long, default_value_t = 128)]
     pub span_window: usize,
+    /// Precisions of the frozen encoder products, each measured in turn (f32, bf16, auto).
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    pub dtypes: Vec<String>,
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
@@ -114,6 +117,8 @@ pub struct BenchTrainStepOneArgs {
     pub finetune: sener::train::trainer::Finetune,
     #[arg(long, default_value_t = 128)]
     pub span_window: usize,
+    #[command(flatten)]
+    pub dtype: crate::common::DtypeArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -526,7 +531,8 @@ pub fn run_train_step(a: BenchTrainStepArgs) -> Result<()> {
     };
     let cuda = a.device.starts_with("cuda");
     println!(
-        "training step (forward + backward + AdamW), {} + {} + span side (w′ {}, c 32, 2 BiSPA, 12 types), batch 1, f32, {}, recompute {}",
+        "training step (forward + backward + AdamW), {} + {} + span side (w′ {}, c 32, 2 BiSPA, 12 types), batch 1, {}, recompute {}; \
+         the dtype is that of the frozen encoder products (adapters, span side, optimiser: f32); bf16 kernel here: {}",
         a.model,
         match a.finetune {
             Finetune::Lora => "LoRA r8",
@@ -534,15 +540,20 @@ pub fn run_train_step(a: BenchTrainStepArgs) -> Result<()> {
         },
         a.span_window,
         a.device,
-        a.recompute.as_str()
+        a.recompute.as_str(),
+        sener::gemm_bf16::Bf16Kernel::detect().map_or("none", |k| k.name())
     );
+    for d in &a.dtypes {
+        sener::gemm_bf16::DtypeChoice::parse(d).with_context(|| format!("--dtypes {d}"))?;
+    }
     println!();
-    println!("| tokens | words | first step s | later step s | peak {} (MiB) |", if cuda { "GPU memory" } else { "RSS" });
-    println!("|---:|---:|---:|---:|---:|");
+    println!("| dtype | tokens | words | first step s | later step s | peak {} (MiB) |", if cuda { "GPU memory" } else { "RSS" });
+    println!("|---|---:|---:|---:|---:|---:|");
     let mut all = Vec::new();
+    for dtype in &a.dtypes {
     for &t in &a.lengths {
         let mut cmd = Command::new(&exe);
-        cmd.args(["bench", "train-step-one", "--length", &t.to_string(), "--steps", &a.steps.to_string()])
+        cmd.args(["bench", "train-step-one", "--length", &t.to_string(), "--steps", &a.steps.to_string(), "--dtype", dtype])
             .args(["--model", &a.model, "--device", &a.device, "--recompute", a.recompute.as_str(), "--finetune", a.finetune.as_str()])
             .args(["--span-window", &a.span_window.to_string()]);
         if let Some(d) = &dir {
@@ -559,9 +570,10 @@ pub fn run_train_step(a: BenchTrainStepArgs) -> Result<()> {
             o.insert("peak_gpu_mib".into(), m.into());
         }
         match row.get("skipped").and_then(|s| s.as_str()) {
-            Some(why) => println!("| {t} | — | — | — | {why} |"),
+            Some(why) => println!("| {dtype} | {t} | — | — | — | {why} |"),
             None => println!(
-                "| {t} | {} | {:.2} | {:.2} | {:.0} |",
+                "| {} | {t} | {} | {:.2} | {:.2} | {:.0} |",
+                row["dtype"].as_str().unwrap_or(dtype),
                 row["words"],
                 row["first_step_seconds"].as_f64().unwrap_or(f64::NAN),
                 row["step_seconds"].as_f64().unwrap_or(f64::NAN),
@@ -572,6 +584,7 @@ pub fn run_train_step(a: BenchTrainStepArgs) -> Result<()> {
             ),
         }
         all.push(row);
+    }
     }
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_string_pretty(&all)?).with_context(|| format!("writing {}", p.display()))?;
@@ -636,7 +649,9 @@ pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
         splitter: Default::default(),
         thresholds: None,
     };
-    let model = Sener { config, encoder, span };
+    let mut model = Sener { config, encoder, span };
+    let precision = a.dtype.precision(&dev)?;
+    model.encoder.set_precision(precision)?;
     let (params, groups) = paper_groups(&model.trainable(), recipe.lr_new, recipe.lr_encoder, recipe.weight_decay);
     let mut opt = AdamW::new(params, groups, AdamWConfig { clip_norm: recipe.clip_norm, ..AdamWConfig::default() })?;
     let (ids, idx, words) = synthetic_segment(a.length, model.encoder.vocab_size() as u32, 101, 102);
@@ -656,7 +671,7 @@ pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
         times.push(t0.elapsed().as_secs_f64());
     }
     let later = if times.len() > 1 { times[1..].iter().sum::<f64>() / (times.len() - 1) as f64 } else { times[0] };
-    let v = serde_json::json!({"tokens": a.length, "words": words, "recompute": recompute, "finetune": a.finetune.as_str(), "first_step_seconds": times[0], "step_seconds": later,
+    let v = serde_json::json!({"tokens": a.length, "words": words, "dtype": precision.describe(), "recompute": recompute, "finetune": a.finetune.as_str(), "first_step_seconds": times[0], "step_seconds": later,
         "peak_rss": sener::mem::peak_rss().unwrap_or(0)});
     println!("{v}");
     Ok(())

@@ -438,7 +438,8 @@ pub fn run_one(a: BenchModelOneArgs) -> Result<()> {
     enc.set_precision(precision)?;
     let (ids, idx, words) = synthetic_segment(a.length, enc.vocab_size() as u32, 1, 2);
     let window = if a.mode == "full" { words.saturating_sub(1).max(1) } else { SPAN_WINDOW };
-    let span = SpanModel::init(SpanConfig { window, ..SpanConfig::default() }, enc.hidden_size(), a.labels, 0, DType::F32, &dev)?;
+    let mut span = SpanModel::init(SpanConfig { window, ..SpanConfig::default() }, enc.hidden_size(), a.labels, 0, DType::F32, &dev)?;
+    span.set_precision(precision);
     let model_bytes = sener::mem::current_rss().unwrap_or(0);
     let forward = |ids: &[u32], idx: &[u32], words: usize| -> Result<(f64, f64)> {
         let batch = Batch::new(&[(ids.to_vec(), idx.to_vec(), words)], 0, &dev)?;

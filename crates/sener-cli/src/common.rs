@@ -91,7 +91,7 @@ impl DtypeArgs {
     /// Resolves the precision and puts the model's encoder in it.
     pub fn apply(&self, model: &mut sener::model::Sener) -> Result<sener::gemm_bf16::Precision> {
         let p = self.precision(&model.encoder.device())?;
-        model.encoder.set_precision(p).context("--dtype")?;
+        model.set_precision(p).context("--dtype")?;
         Ok(p)
     }
 }

@@ -116,6 +116,11 @@ pub struct TrainArgs {
     /// step's memory several-fold. [auto]
     #[arg(long)]
     pub recompute: Option<Recompute>,
+    /// Precision of the frozen encoder weights' products: f32, bf16 (bf16 inputs, f32
+    /// accumulation, on AMX or AVX512-BF16; adapters, span side and optimiser stay f32) or auto
+    /// (bf16 where the CPU has a kernel). [f32]
+    #[arg(long)]
+    pub dtype: Option<sener::gemm_bf16::DtypeChoice>,
     /// What of the encoder to train: lora (adapters on Q and V and their biases, the paper's
     /// recipe) or full (every encoder weight at --lr-encoder; the model then carries its own
     /// encoder folder). [lora]
@@ -212,7 +217,7 @@ pub fn config_from(a: &TrainArgs) -> Result<TrainConfig> {
     macro_rules! set {
         ($($field:ident),*) => { $( if let Some(v) = a.$field.clone() { c.$field = v; } )* };
     }
-    set!(train, base, output, epochs, batch_size, micro_batch, lr_encoder, lr_new, max_len, seed, wwm, patience, checkpoint_every, format, splitter, holdout, prior_bias, pos_weight, calibrate, recompute, finetune);
+    set!(train, base, output, epochs, batch_size, micro_batch, lr_encoder, lr_new, max_len, seed, wwm, patience, checkpoint_every, format, splitter, holdout, prior_bias, pos_weight, calibrate, recompute, finetune, dtype);
     c.resume |= a.resume;
     if a.dev.is_some() {
         c.dev = a.dev.clone();

@@ -96,7 +96,8 @@ fn amx_available() -> bool {
 }
 
 /// What a user asks for with `--dtype`: how the encoder's linear layers multiply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DtypeChoice {
     /// f32 everywhere (the reference; every parity test runs in it).
     #[default]
@@ -117,6 +118,14 @@ impl DtypeChoice {
         }
     }
 
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::Auto => "auto",
+        }
+    }
+
     /// The precision this choice gives on this machine.
     pub fn resolve(self) -> crate::Result<Precision> {
         match (self, Bf16Kernel::detect()) {
@@ -126,6 +135,13 @@ impl DtypeChoice {
                 "dtype bf16: this CPU has neither AMX nor AVX512-BF16, so bf16 would be emulated and slower than f32; use --dtype f32 or auto".into(),
             )),
         }
+    }
+}
+
+impl std::str::FromStr for DtypeChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::parse(s).map_err(|_| format!("dtype must be f32, bf16 or auto, not `{s}`"))
     }
 }
 
@@ -301,10 +317,10 @@ pub fn matmul_t(kernel: Bf16Kernel, x: &[f32], m: usize, w: &PackedBf16, bias: O
     });
 }
 
-/// One row of activations to bf16: `VCVTNE2PS2BF16` (32 values an instruction, round to nearest
+/// One row of activations to bf16 (also used by the bf16 band convolution): `VCVTNE2PS2BF16` (32 values an instruction, round to nearest
 /// even, as [`to_bf16`]) where the CPU has AVX512-BF16 (every CPU with a kernel here has it), the
 /// scalar [`to_bf16`] for the tail and elsewhere.
-fn convert_row(src: &[f32], dst: &mut [u16]) {
+pub(crate) fn convert_row(src: &[f32], dst: &mut [u16]) {
     #[cfg(target_arch = "x86_64")]
     if avx512_bf16_available() {
         // SAFETY: AVX512F and AVX512-BF16 are present (checked just above).
@@ -331,6 +347,37 @@ fn block_32x32(kernel: Bf16Kernel, a: &[u16], kp: usize, b0: &[u16], b1: &[u16],
         #[allow(unreachable_patterns)]
         _ => unreachable!("no bf16 kernel on this target"),
     }
+}
+
+/// For kernels built on AMX tiles elsewhere (the bf16 band convolution): loads this thread's
+/// tile configuration (eight 16×64-byte tiles) for as long as the guard lives. `None` where AMX
+/// is not available.
+pub(crate) fn amx_tiles() -> Option<TileGuard> {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    if Bf16Kernel::Amx.available() {
+        return Some(TileGuard { _cfg: amx::TileConfig::load() });
+    }
+    None
+}
+
+/// Holds this thread's AMX tile configuration (released on drop).
+pub(crate) struct TileGuard {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    _cfg: amx::TileConfig,
+}
+
+/// `c[32, 32] = Σ_s A_s · [B_s0 | B_s1]` over steps `s`: A_s is 32 rows of 32 bf16 starting at
+/// `a[s]`, rows `a_stride` bf16 apart; `b` holds per step the two packed 16-column blocks of 32
+/// values of `k` (512 bf16 each: `[16 pairs][16 columns][2]`); `c` is row-major, 32 f32 a row.
+/// A gathered sum of 32×32×32 products, for shifted-window kernels (a convolution's taps).
+///
+/// # Safety
+/// [`amx_tiles`] must have returned `Some` on this thread and its guard must be alive; every
+/// `a[s]` must point at 32 readable rows of 32 bf16, `a_stride` apart.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub(crate) unsafe fn amx_gather_32x32(a: &[*const u16], a_stride: usize, b: &[u16], c: &mut [f32; 1024]) {
+    assert!(!a.is_empty() && b.len() == a.len() * 1024, "amx_gather_32x32: {} steps, {} packed values", a.len(), b.len());
+    amx::gather(a.as_ptr(), a.len(), a_stride, b.as_ptr(), c.as_mut_ptr());
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -502,6 +549,49 @@ mod amx {
             b1 = inout(reg) b1 => _,
             n = inout(reg) kb => _,
             sa = in(reg) kp * 2,
+            s64 = in(reg) 64usize,
+            s128 = in(reg) 128usize,
+            c = in(reg) c,
+            options(nostack)
+        );
+    }
+
+    /// See [`super::amx_gather_32x32`]: `steps` A pointers from `list`, B blocks of 2 KiB one
+    /// after another from `b`.
+    ///
+    /// # Safety
+    /// As [`super::amx_gather_32x32`]; `steps ≥ 1`.
+    pub(super) unsafe fn gather(list: *const *const u16, steps: usize, a_stride: usize, b: *const u16, c: *mut f32) {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "2:",
+            "mov {a}, [{list}]",
+            "tileloadd tmm4, [{a} + {sa}*1]",
+            "add {a}, {sa16}",
+            "tileloadd tmm5, [{a} + {sa}*1]",
+            "tileloadd tmm6, [{b} + {s64}*1]",
+            "tileloadd tmm7, [{b} + {s64}*1 + 1024]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {list}, 8",
+            "add {b}, 2048",
+            "dec {n}",
+            "jnz 2b",
+            "tilestored [{c} + {s128}*1], tmm0",
+            "tilestored [{c} + {s128}*1 + 64], tmm1",
+            "tilestored [{c} + {s128}*1 + 2048], tmm2",
+            "tilestored [{c} + {s128}*1 + 2112], tmm3",
+            list = inout(reg) list => _,
+            a = out(reg) _,
+            b = inout(reg) b => _,
+            n = inout(reg) steps => _,
+            sa = in(reg) a_stride * 2,
+            sa16 = in(reg) a_stride * 32,
             s64 = in(reg) 64usize,
             s128 = in(reg) 128usize,
             c = in(reg) c,

@@ -176,6 +176,14 @@ impl Sener {
         Ok(Self { config, encoder, span })
     }
 
+    /// Multiply in `p` ([`crate::gemm_bf16`]): the encoder's linear layers and, with AMX, the span
+    /// side's band convolutions at inference. See [`Encoder::set_precision`].
+    pub fn set_precision(&mut self, p: crate::gemm_bf16::Precision) -> Result<()> {
+        self.encoder.set_precision(p)?;
+        self.span.set_precision(p);
+        Ok(())
+    }
+
     /// Writes `sener.json`, `span.safetensors` and (when adapted) `adapter/`. A fully fine-tuned
     /// encoder ([`Encoder::load_trainable`]) is written as the Hugging Face folder `encoder/`
     /// (its config and tokenizer copied from the base), which `sener.json` then names as the

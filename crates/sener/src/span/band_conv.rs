@@ -12,6 +12,101 @@ use crate::nn::{cpu_f32, sgemm};
 
 pub struct BandConv3x3;
 
+/// [`forward_amx`] as a forward-only candle op (inference): reads the tensors' storage in place.
+pub struct BandConv3x3Amx;
+
+impl CustomOp2 for BandConv3x3Amx {
+    fn name(&self) -> &'static str {
+        "band-conv3x3-amx"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, n, kk, ci) = l1.shape().dims4()?;
+        let co = l2.shape().dims4()?.0;
+        match forward_amx(cpu_f32(s1, l1, "band conv")?, cpu_f32(s2, l2, "band conv")?, b, n, kk, ci, co) {
+            Some(y) => Ok((CpuStorage::F32(y), Shape::from((b, n, kk, co)))),
+            None => candle_core::bail!("band conv: no AMX on this CPU, or weight {:?} for input {:?}", l2.shape(), l1.shape()),
+        }
+    }
+}
+
+/// The forward of [`BandConv3x3`] in bf16 on AMX tiles (inference under `--dtype bf16`; the
+/// gradient passes keep the f32 op and its backward). The input is rounded to bf16 once into a
+/// copy with one zero cell of padding on every side (every tap then reads in bounds) and channels
+/// padded to 32; each band row's output, per 32 cells and 32 output channels, is one gathered
+/// sum of 9 taps × ⌈c_in/32⌉ tile products accumulated in f32. `None` where AMX is not available.
+pub fn forward_amx(x: &[f32], w: &[f32], b: usize, n: usize, kk: usize, ci: usize, co: usize) -> Option<Vec<f32>> {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        use crate::gemm_bf16::{amx_gather_32x32, amx_tiles, convert_row, to_bf16, Bf16Kernel};
+        if !Bf16Kernel::Amx.available() || x.len() != b * n * kk * ci || w.len() != co * ci * 9 {
+            return None;
+        }
+        let (cip, cop, kp) = (ci.div_ceil(32) * 32, co.div_ceil(32) * 32, kk.div_ceil(32) * 32);
+        let (ncb, nop, kw, rows_p) = (cip / 32, cop / 32, kp + 2, n + 2);
+        let steps = 9 * ncb;
+        // xp[b][i + 1][k + 1][a] = bf16(x[b][i][k][a]); zero elsewhere.
+        let mut xp = vec![0u16; b * rows_p * kw * cip];
+        xp.par_chunks_mut(kw * cip).enumerate().for_each(|(pr, dst)| {
+            let (bi, ri) = (pr / rows_p, pr % rows_p);
+            if ri == 0 || ri == n + 1 {
+                return;
+            }
+            for k in 0..kk {
+                convert_row(&x[((bi * n + ri - 1) * kk + k) * ci..][..ci], &mut dst[(k + 1) * cip..][..ci]);
+            }
+        });
+        // Taps packed per 32 output channels, in the order the row loop gathers them:
+        // [o-pair][tap][ci-block][half][16 pairs of ci][16 outputs][2].
+        let mut wp = vec![0u16; nop * steps * 1024];
+        for (idx, v) in wp.iter_mut().enumerate() {
+            let (p, j, r) = (idx % 2, idx / 2 % 16, idx / 32 % 16);
+            let (half, cb, t, op) = (idx / 512 % 2, idx / 1024 % ncb, idx / (1024 * ncb) % 9, idx / (1024 * steps));
+            let (o, a) = (op * 32 + half * 16 + j, cb * 32 + 2 * r + p);
+            if o < co && a < ci {
+                *v = to_bf16(w[(o * ci + a) * 9 + t]);
+            }
+        }
+        let mut y = vec![0f32; b * n * kk * co];
+        y.par_chunks_mut(kk * co).enumerate().for_each_init(
+            || (amx_tiles(), vec![std::ptr::null::<u16>(); steps], [0f32; 1024]),
+            |(tiles, list, tmp), (row, yr)| {
+                debug_assert!(tiles.is_some(), "AMX available process-wide but not on this thread");
+                let (bi, i) = (row / n, row % n);
+                for k0 in (0..kk).step_by(32) {
+                    for op in 0..nop {
+                        let mut s = 0;
+                        for dy in 0..3 {
+                            for dx in 0..3 {
+                                for cb in 0..ncb {
+                                    // output cell k reads input (i + dy − 1, k + dx − 1) = padded (i + dy, k + dx)
+                                    list[s] = xp[((bi * rows_p + i + dy) * kw + k0 + dx) * cip + cb * 32..].as_ptr();
+                                    s += 1;
+                                }
+                            }
+                        }
+                        // SAFETY: this thread holds the tile configuration (`amx_tiles`, AMX is
+                        // available); every pointer starts 32 padded cells (k0 + dx + 31 < kw) of
+                        // 32 channels inside `xp`, rows `cip` apart; `wp` holds `steps` pairs of
+                        // 16-column blocks for this output pair.
+                        unsafe { amx_gather_32x32(list, cip, &wp[op * steps * 1024..][..steps * 1024], tmp) };
+                        let cols = (co - op * 32).min(32);
+                        for r in 0..(kk - k0).min(32) {
+                            yr[(k0 + r) * co + op * 32..][..cols].copy_from_slice(&tmp[r * 32..][..cols]);
+                        }
+                    }
+                }
+            },
+        );
+        Some(y)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        let _ = (x, w, b, n, kk, ci, co);
+        None
+    }
+}
+
 /// `w[o,a,dy,dx]` → `[dy][dx][a][o]` (forward) or `[dy][dx][o][a]` (input gradient).
 fn reorder(w: &[f32], co: usize, ci: usize, transpose: bool) -> Vec<f32> {
     let mut out = vec![0f32; 9 * co * ci];
@@ -137,5 +232,33 @@ impl CustomOp2 for BandConv3x3 {
         }
         let dev = x.device();
         Ok((Some(Tensor::from_vec(dx, (b, n, kk, ci), dev)?), Some(Tensor::from_vec(dw, (co, ci, 3, 3), dev)?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AMX forward equals the f32 op on inputs already rounded to bf16 (then the only
+    /// difference is the order of f32 additions), on ragged shapes: K not a multiple of 32,
+    /// channels not multiples of 32, two documents.
+    #[test]
+    fn amx_forward_equals_f32_op_on_bf16_exact_inputs() {
+        use crate::gemm_bf16::{from_bf16, to_bf16, Bf16Kernel};
+        if !Bf16Kernel::Amx.available() {
+            eprintln!("no AMX here: nothing to check");
+            return;
+        }
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for &(b, n, kk, ci, co) in &[(2, 5, 37, 32, 32), (1, 3, 70, 20, 40), (1, 1, 1, 32, 32)] {
+            let mut r = |len: usize| -> Vec<f32> { (0..len).map(|_| from_bf16(to_bf16(rng.random_range(-1.0f32..1.0)))).collect() };
+            let (x, w) = (r(b * n * kk * ci), r(co * ci * 9));
+            let got = forward_amx(&x, &w, b, n, kk, ci, co).expect("AMX is available");
+            let taps = reorder(&w, co, ci, false);
+            let want = correlate(&x, &taps, b, n, kk, ci, co, false);
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-4, "({b}, {n}, {kk}, {ci}, {co}): {worst}");
+        }
     }
 }

@@ -78,6 +78,9 @@ pub struct BiSpaBlock {
     c: usize,
     /// Use the composite (candle-op) attention even where the fused one applies (tests, A/B).
     pub force_composite: bool,
+    /// Run the band convolutions in bf16 on AMX tiles at inference (`--dtype bf16` where the CPU
+    /// has AMX; [`super::SpanModel::set_precision`]).
+    pub amx_conv: bool,
 }
 
 impl BiSpaBlock {
@@ -97,6 +100,7 @@ impl BiSpaBlock {
             dropout,
             c,
             force_composite: false,
+            amx_conv: false,
         })
     }
 
@@ -142,7 +146,8 @@ impl BiSpaBlock {
     /// The block's second half: the masked conv pair, dropout, `LN₂(Y + ·)`.
     pub fn convolve(&self, y: &Tensor, valid: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let valid4 = valid.unsqueeze(3)?;
-        let h = self.conv(&y.broadcast_mul(&valid4)?, &ctx.param(&self.conv1), ctx)?.gelu_erf()?;
+        let h = self.conv(&y.broadcast_mul(&valid4)?, &ctx.param(&self.conv1), ctx)?;
+        let h = crate::nn::Activation::Gelu.forward(&h)?;
         let h = self.conv(&h.broadcast_mul(&valid4)?, &ctx.param(&self.conv2), ctx)?;
         let h = ctx.dropout(&h, self.dropout)?;
         let ln2 = LayerNorm { weight: ctx.param(&self.ln2.0), bias: ctx.param(&self.ln2.1), eps: 1e-5 };
@@ -158,6 +163,9 @@ impl BiSpaBlock {
     /// The 3×3 band convolution: fused op in gradient passes, nine shifted matmuls otherwise.
     fn conv(&self, x: &Tensor, w: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         if self.fused(x, ctx) {
+            if self.amx_conv && !x.track_op() && !w.track_op() {
+                return Ok(x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &super::band_conv::BandConv3x3Amx)?);
+            }
             return Ok(x.contiguous()?.apply_op2(&w.contiguous()?, super::band_conv::BandConv3x3)?);
         }
         conv3x3(x, w)

@@ -113,6 +113,15 @@ impl SpanModel {
     }
 
     /// Fused row attention in the BiSPA blocks (default on; applies to f32 on the CPU).
+    /// Band convolutions in bf16 on AMX tiles at inference when `p` is bf16 with the AMX kernel;
+    /// everything else of the span side stays f32.
+    pub fn set_precision(&mut self, p: crate::gemm_bf16::Precision) {
+        let amx = p == crate::gemm_bf16::Precision::Bf16(crate::gemm_bf16::Bf16Kernel::Amx);
+        for b in &mut self.blocks {
+            b.amx_conv = amx;
+        }
+    }
+
     pub fn set_fused_attention(&mut self, on: bool) {
         for b in &mut self.blocks {
             b.force_composite = !on;

@@ -205,6 +205,11 @@ pub struct TrainConfig {
     /// run's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init_from: Option<PathBuf>,
+    /// Precision of the frozen encoder weights' products ([`crate::gemm_bf16`]): `f32`; `bf16`
+    /// (bf16 inputs, f32 accumulation; LoRA, the span side, the optimiser state and the master
+    /// weights stay f32); `auto` (bf16 where the CPU has AMX or AVX512-BF16). Part of the
+    /// resume key: a run resumes in the precision it started in.
+    pub dtype: crate::gemm_bf16::DtypeChoice,
 }
 
 impl Default for TrainConfig {
@@ -258,6 +263,7 @@ impl TrainConfig {
             max_time: None,
             license: None,
             init_from: None,
+            dtype: crate::gemm_bf16::DtypeChoice::F32,
         };
         match recipe {
             Recipe::Paper => paper,
@@ -755,6 +761,10 @@ fn resume_key(cfg: &TrainConfig, world: usize) -> serde_json::Value {
         for k in ["resume", "checkpoint_every", "output"] {
             o.remove(k);
         }
+        // f32 is what every run did before `dtype` existed: their checkpoints resume unchanged.
+        if o.get("dtype").and_then(|d| d.as_str()) == Some("f32") {
+            o.remove("dtype");
+        }
         if world > 1 {
             o.insert("world".into(), world.into());
         }
@@ -912,6 +922,13 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
         thresholds: None,
     };
     let mut model = Sener { config, encoder, span };
+    let precision = match (cfg.dtype, device.is_cpu()) {
+        (crate::gemm_bf16::DtypeChoice::Auto, false) => crate::gemm_bf16::Precision::F32,
+        (choice, _) => choice.resolve()?,
+    };
+    model.set_precision(precision)?;
+    writeln!(log, "{}", serde_json::json!({"event": "precision", "dtype": cfg.dtype.as_str(), "encoder_products": precision.describe()}))
+        .map_err(|e| Error::io("metrics log", e))?;
     let mut fresh_head = true;
     if let (Some(dir), Some(icfg)) = (&cfg.init_from, &init) {
         let head = icfg.labels == labels;
