@@ -128,6 +128,11 @@ impl Extractor {
         Ok(spans)
     }
 
+    /// The tokenizer's padding id (what [`Sener::predict_segment`] pads batches with).
+    pub fn pad_id(&self) -> u32 {
+        self.special.pad
+    }
+
     /// Tokenizes `doc` (which has words) and cuts it into model segments, as extraction does.
     pub fn segments_of(&self, doc: &Document, options: &ExtractOptions) -> Result<Vec<Segment>> {
         let al = {

@@ -338,7 +338,8 @@ fn block_32x32(kernel: Bf16Kernel, a: &[u16], kp: usize, b0: &[u16], b1: &[u16],
     match kernel {
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
         // SAFETY: the kernel is available (checked by `matmul_t`), this thread loaded the tile
-        // configuration (`TileConfig::load` in `matmul_t`), and the slices have the asserted sizes.
+        // configuration (`TileConfig::load` in `matmul_t`, or the caller's `TileGuard` checked by
+        // `matmul_t_serial`), and the slices have the asserted sizes.
         Bf16Kernel::Amx => unsafe { amx::block(a.as_ptr(), kp, b0.as_ptr(), b1.as_ptr(), kp / KB, tmp.as_mut_ptr()) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX512-BF16 is available (checked by `matmul_t`); the slices have the sizes
@@ -346,6 +347,65 @@ fn block_32x32(kernel: Bf16Kernel, a: &[u16], kp: usize, b0: &[u16], b1: &[u16],
         Bf16Kernel::Avx512 => unsafe { avx512::block(a, kp, b0, b1, tmp) },
         #[allow(unreachable_patterns)]
         _ => unreachable!("no bf16 kernel on this target"),
+    }
+}
+
+/// Reusable buffers of [`matmul_t_serial`].
+#[derive(Default)]
+pub(crate) struct SerialScratch {
+    a: Vec<u16>,
+    b: Vec<u16>,
+}
+
+/// Single-threaded `out[i, j] = Σ_t a[i·a_rs + t] · b[j·b_rs + t·b_cs]` for `i < m`, `j < n`,
+/// `t < k` (`out` row stride `ldo`): the inputs rounded to bf16, products accumulated in f32.
+/// For small products inside loops that are already parallel (the BiSPA row attention). With
+/// AMX the caller holds this thread's tiles: `tiles` from [`amx_tiles`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_t_serial(
+    kernel: Bf16Kernel,
+    tiles: Option<&TileGuard>,
+    (a, a_rs): (&[f32], usize),
+    (b, b_rs, b_cs): (&[f32], usize, usize),
+    (m, n, k): (usize, usize, usize),
+    out: &mut [f32],
+    ldo: usize,
+    scratch: &mut SerialScratch,
+) {
+    assert!(kernel != Bf16Kernel::Amx || tiles.is_some(), "matmul_t_serial: AMX needs the thread's tiles");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(k > 0 && a.len() >= (m - 1) * a_rs + k && b.len() > (n - 1) * b_rs + (k - 1) * b_cs && out.len() >= (m - 1) * ldo + n, "matmul_t_serial: operands too short");
+    let kp = k.div_ceil(KB) * KB;
+    let mp = m.div_ceil(MB) * MB;
+    let blocks = n.div_ceil(NB).div_ceil(2) * 2;
+    scratch.a.clear();
+    scratch.a.resize(mp * kp, 0);
+    for i in 0..m {
+        convert_row(&a[i * a_rs..][..k], &mut scratch.a[i * kp..][..k]);
+    }
+    let per_block = kp * NB;
+    scratch.b.clear();
+    scratch.b.resize(blocks * per_block, 0);
+    for j in 0..n {
+        let (jb, jj) = (j / NB, j % NB);
+        let block = &mut scratch.b[jb * per_block..][..per_block];
+        for t in 0..k {
+            block[(t / 2) * NB * 2 + jj * 2 + (t % 2)] = to_bf16(b[j * b_rs + t * b_cs]);
+        }
+    }
+    let mut tmp = [0f32; MB * 2 * NB];
+    for pair in 0..blocks / 2 {
+        let (b0, b1) = (&scratch.b[2 * pair * per_block..][..per_block], &scratch.b[(2 * pair + 1) * per_block..][..per_block]);
+        let col0 = pair * 2 * NB;
+        let cols = (n - col0).min(2 * NB);
+        for mb in (0..m).step_by(MB) {
+            block_32x32(kernel, &scratch.a[mb * kp..][..MB * kp], kp, b0, b1, &mut tmp);
+            for r in 0..(m - mb).min(MB) {
+                out[(mb + r) * ldo + col0..][..cols].copy_from_slice(&tmp[r * 2 * NB..][..cols]);
+            }
+        }
     }
 }
 
@@ -789,6 +849,26 @@ mod tests {
         let want_dx = gt.matmul(&w).unwrap();
         let diff = (dx - want_dx).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-5, "input gradient {diff}");
+    }
+
+    #[test]
+    fn serial_product_with_strides_matches_reference() {
+        for kern in Bf16Kernel::all_available() {
+            let tiles = amx_tiles();
+            let (m, n, k) = (45, 19, 37);
+            let a = data(m * 40, 21); // row stride 40
+            let b = data(k * 3 * n, 22); // b[j][t] at j + t·3n (a transposed, strided view)
+            let mut out = vec![f32::NAN; m * 50];
+            let mut scratch = SerialScratch::default();
+            matmul_t_serial(kern, tiles.as_ref(), (&a, 40), (&b, 1, 3 * n), (m, n, k), &mut out, 50, &mut scratch);
+            let r = |v: f32| from_bf16(to_bf16(v)) as f64;
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k).map(|t| r(a[i * 40 + t]) * r(b[j + t * 3 * n])).sum();
+                    assert!((out[i * 50 + j] as f64 - want).abs() < 1e-4, "{} ({i}, {j})", kern.name());
+                }
+            }
+        }
     }
 
     #[test]

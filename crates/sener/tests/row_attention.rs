@@ -89,3 +89,34 @@ fn dropout_row_equals_dropout_keep() {
         }
     }
 }
+
+/// `--dtype bf16` at inference: the span side's row-attention products (and, with AMX, the band
+/// convolutions) in bf16 give the f32 logits to bf16 accuracy, the f32 logits exactly again
+/// when switched back, and gradient passes are untouched (they stay f32).
+#[test]
+fn bf16_inference_stays_close_to_f32_and_gradient_passes_stay_f32() {
+    use sener::gemm_bf16::{Bf16Kernel, Precision};
+    let Some(k) = Bf16Kernel::detect() else {
+        eprintln!("no bf16 kernel on this CPU: nothing to check");
+        return;
+    };
+    // cnn_dim 32 and a window of 20 (K = 41 > 32): every tile path with ragged edges runs.
+    let cfg = SpanConfig { window: 20, cnn_dim: 32, biaffine_size: 10, cnn_depth: 2, ..SpanConfig::default() };
+    let mut model = SpanModel::init(cfg, 16, 5, 7, DType::F32, &Device::Cpu).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+    let (n, lens) = (50usize, vec![50usize, 33]);
+    let vals: Vec<f32> = (0..2 * n * 16).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let words = Tensor::from_vec(vals, (2, n, 16), &Device::Cpu).unwrap();
+    let f32_eval = model.forward(&words, &lens, &mut ForwardCtx::eval()).unwrap().logits;
+    let f32_grad = model.forward(&words, &lens, &mut ForwardCtx::grad_only()).unwrap().logits;
+    model.set_precision(Precision::Bf16(k));
+    let bf16_eval = model.forward(&words, &lens, &mut ForwardCtx::eval()).unwrap().logits;
+    let d = max_rel(&bf16_eval, &f32_eval);
+    eprintln!("bf16 vs f32 logits: relative {d:.2e}");
+    assert!(d > 0.0 && d < 2e-2, "bf16 inference differs from f32 by {d}");
+    let bf16_grad = model.forward(&words, &lens, &mut ForwardCtx::grad_only()).unwrap().logits;
+    assert_eq!(max_rel(&bf16_grad, &f32_grad), 0.0, "gradient passes stay f32");
+    model.set_precision(Precision::F32);
+    let back = model.forward(&words, &lens, &mut ForwardCtx::eval()).unwrap().logits;
+    assert_eq!(max_rel(&back, &f32_eval), 0.0);
+}

@@ -78,9 +78,10 @@ pub struct BiSpaBlock {
     c: usize,
     /// Use the composite (candle-op) attention even where the fused one applies (tests, A/B).
     pub force_composite: bool,
-    /// Run the band convolutions in bf16 on AMX tiles at inference (`--dtype bf16` where the CPU
-    /// has AMX; [`super::SpanModel::set_precision`]).
-    pub amx_conv: bool,
+    /// Inference under `--dtype bf16` ([`super::SpanModel::set_precision`]): the row attention's
+    /// K×K products with this kernel, and with AMX the band convolutions too. Gradient passes
+    /// stay f32.
+    pub bf16: Option<crate::gemm_bf16::Bf16Kernel>,
 }
 
 impl BiSpaBlock {
@@ -100,7 +101,7 @@ impl BiSpaBlock {
             dropout,
             c,
             force_composite: false,
-            amx_conv: false,
+            bf16: None,
         })
     }
 
@@ -163,7 +164,7 @@ impl BiSpaBlock {
     /// The 3×3 band convolution: fused op in gradient passes, nine shifted matmuls otherwise.
     fn conv(&self, x: &Tensor, w: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         if self.fused(x, ctx) {
-            if self.amx_conv && !x.track_op() && !w.track_op() {
+            if self.bf16 == Some(crate::gemm_bf16::Bf16Kernel::Amx) && !x.track_op() && !w.track_op() {
                 return Ok(x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &super::band_conv::BandConv3x3Amx)?);
             }
             return Ok(x.contiguous()?.apply_op2(&w.contiguous()?, super::band_conv::BandConv3x3)?);
@@ -186,8 +187,10 @@ impl BiSpaBlock {
         let dropout = if ctx.train { self.dropout } else { 0.0 };
         let seed = if dropout > 0.0 { ctx.next_seed() } else { 0 };
         let host = |t: &Tensor| -> Result<std::sync::Arc<Vec<f32>>> { Ok(std::sync::Arc::new(t.flatten_all()?.to_vec1::<f32>()?)) };
+        let inference = dropout == 0.0 && !x.track_op() && !ctx.param(&qkv.weight).track_op();
         let op = super::row_attention::ProjectedRowAttention {
             attn: super::row_attention::RowAttention { valid: std::sync::Arc::new(mask), scale: 1.0 / (c as f32).sqrt(), dropout, seed },
+            bf16: self.bf16.filter(|_| inference),
             sin: host(&rope.0)?,
             cos: host(&rope.1)?,
         };

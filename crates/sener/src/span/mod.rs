@@ -113,12 +113,16 @@ impl SpanModel {
     }
 
     /// Fused row attention in the BiSPA blocks (default on; applies to f32 on the CPU).
-    /// Band convolutions in bf16 on AMX tiles at inference when `p` is bf16 with the AMX kernel;
-    /// everything else of the span side stays f32.
+    /// At inference with `p` bf16: the BiSPA row attention's K×K products in bf16 and, with the
+    /// AMX kernel, the band convolutions; the biaffine, projections, soft-max, LayerNorms and head
+    /// stay f32, and so does every gradient pass.
     pub fn set_precision(&mut self, p: crate::gemm_bf16::Precision) {
-        let amx = p == crate::gemm_bf16::Precision::Bf16(crate::gemm_bf16::Bf16Kernel::Amx);
+        let kernel = match p {
+            crate::gemm_bf16::Precision::F32 => None,
+            crate::gemm_bf16::Precision::Bf16(k) => Some(k),
+        };
         for b in &mut self.blocks {
-            b.amx_conv = amx;
+            b.bf16 = kernel;
         }
     }
 

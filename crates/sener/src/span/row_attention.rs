@@ -73,10 +73,15 @@ impl RowAttention {
     /// backward pass). All K×K, row-major; the score product is one gemm.
     #[allow(clippy::too_many_arguments)]
     fn weights(&self, row: usize, q: &[f32], k: &[f32], kk: usize, c: usize, raw: &mut [f32], a: &mut [f32], p: &mut [f32], dm: &mut [f32]) {
-        let valid = &self.valid[row * kk..(row + 1) * kk];
-        let keep = 1.0 - self.dropout;
         // raw = scale · Q Kᵀ
         sgemm((kk, kk, c), raw, kk, false, (q, c, 1), (k, 1, c), self.scale);
+        self.softmax_rows(row, kk, raw, a, p, dm);
+    }
+
+    /// The rest of [`Self::weights`] once `raw` holds the scaled scores.
+    fn softmax_rows(&self, row: usize, kk: usize, raw: &[f32], a: &mut [f32], p: &mut [f32], dm: &mut [f32]) {
+        let valid = &self.valid[row * kk..(row + 1) * kk];
+        let keep = 1.0 - self.dropout;
         for i in 0..kk {
             let (ri, pi, ai) = (&raw[i * kk..][..kk], &mut p[i * kk..][..kk], &mut a[i * kk..][..kk]);
             for j in 0..kk {
@@ -227,6 +232,9 @@ impl CustomOp3 for RowAttention {
 /// gradient pass (projection, clamp, RoPE halves, rotations, their gradients).
 pub struct ProjectedRowAttention {
     pub attn: RowAttention,
+    /// Inference only (no dropout, no gradient): the two K×K products of each row (`Q Kᵀ` and
+    /// `A V`) in bf16 with this kernel, f32 accumulation; projection, RoPE and soft-max stay f32.
+    pub bf16: Option<crate::gemm_bf16::Bf16Kernel>,
     /// RoPE tables `[K, c]` (pairs share one angle: sin[j][2t] = sin[j][2t+1]).
     pub sin: std::sync::Arc<Vec<f32>>,
     pub cos: std::sync::Arc<Vec<f32>>,
@@ -318,14 +326,30 @@ impl CustomOp3 for ProjectedRowAttention {
         let (x, w, bias) = (cpu_f32(s1, l1, "row attention")?, cpu_f32(s2, l2, "row attention")?, cpu_f32(s3, l3, "row attention")?);
         let n = kk * c;
         let mut out = vec![0f32; r * n];
-        out.par_chunks_mut(n).enumerate().for_each_init(
-            || RowBufs::new(kk, c),
-            |buf, (row, o)| {
-                self.project(&x[row * n..][..n], w, bias, kk, c, buf);
-                self.attn.weights(row, &buf.q, &buf.k, kk, c, &mut buf.raw, &mut buf.a, &mut buf.pr, &mut buf.dm);
-                sgemm((kk, c, kk), o, c, false, (&buf.a, kk, 1), (&buf.p[2 * c..], 3 * c, 1), 1.0);
-            },
-        );
+        match self.bf16.filter(|_| self.attn.dropout == 0.0) {
+            Some(kernel) => {
+                use crate::gemm_bf16::{amx_tiles, matmul_t_serial, SerialScratch};
+                out.par_chunks_mut(n).enumerate().for_each_init(
+                    || (RowBufs::new(kk, c), amx_tiles(), SerialScratch::default()),
+                    |(buf, tiles, scratch), (row, o)| {
+                        self.project(&x[row * n..][..n], w, bias, kk, c, buf);
+                        matmul_t_serial(kernel, tiles.as_ref(), (&buf.q, c), (&buf.k, c, 1), (kk, kk, c), &mut buf.raw, kk, scratch);
+                        buf.raw.iter_mut().for_each(|v| *v *= self.attn.scale);
+                        self.attn.softmax_rows(row, kk, &buf.raw, &mut buf.a, &mut buf.pr, &mut buf.dm);
+                        // o = A V, with V = P[:, 2c:] read as the transposed operand
+                        matmul_t_serial(kernel, tiles.as_ref(), (&buf.a, kk), (&buf.p[2 * c..], 1, 3 * c), (kk, c, kk), o, c, scratch);
+                    },
+                );
+            }
+            None => out.par_chunks_mut(n).enumerate().for_each_init(
+                || RowBufs::new(kk, c),
+                |buf, (row, o)| {
+                    self.project(&x[row * n..][..n], w, bias, kk, c, buf);
+                    self.attn.weights(row, &buf.q, &buf.k, kk, c, &mut buf.raw, &mut buf.a, &mut buf.pr, &mut buf.dm);
+                    sgemm((kk, c, kk), o, c, false, (&buf.a, kk, 1), (&buf.p[2 * c..], 3 * c, 1), 1.0);
+                },
+            ),
+        }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
