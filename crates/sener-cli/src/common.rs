@@ -62,9 +62,10 @@ pub fn parse_device(s: &str) -> Result<candle_core::Device> {
 /// `--dtype`: the precision of the encoder's matrix products.
 #[derive(Args, Debug, Clone)]
 pub struct DtypeArgs {
-    /// Precision of the encoder's linear layers: f32; bf16 (bf16 inputs, f32 accumulation, with
-    /// the CPU's AMX or AVX512-BF16 instructions; an error on a CPU with neither); auto (bf16
-    /// where the CPU has one of them, f32 elsewhere). The path taken is logged.
+    /// Precision of the matrix products (encoder linear layers; at inference also the BiSPA row
+    /// attention and band convolutions): f32; bf16 (bf16 inputs, f32 accumulation, with the CPU's
+    /// AMX or AVX512-BF16 instructions; an error on a CPU with neither); auto (bf16 with AMX,
+    /// where it is fastest, f32 elsewhere). The path taken is logged.
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "auto"])]
     pub dtype: String,
 }
@@ -81,7 +82,7 @@ impl DtypeArgs {
             (_, true) => choice.resolve().context("--dtype")?,
         };
         if choice == DtypeChoice::Auto && p == Precision::F32 {
-            tracing::warn!("--dtype auto: no AMX or AVX512-BF16 kernel here, the encoder runs in f32");
+            tracing::warn!("--dtype auto: no AMX on this CPU, products run in f32 (--dtype bf16 uses AVX512-BF16 where present)");
         } else {
             tracing::info!(dtype = %p.describe(), "encoder matrix products");
         }

@@ -43,22 +43,32 @@ fn keep_freed_pages() {
     const PURGE_DECOMMITS: i32 = 5;
     const PURGE_DELAY: i32 = 15;
     const ARENA_RESERVE: i32 = 23; // KiB; address space only, committed on use
-    // SAFETY: plain option setters of the allocator this binary links, before any thread starts.
-    unsafe {
-        mi_option_set(PURGE_DELAY, -1);
-        mi_option_set(PURGE_DECOMMITS, 0);
-        // Arenas are mapped read-write at once (Linux commits a page on first touch anyway):
-        // committing on demand cost ~0.5 s of system time per long forward.
-        mi_option_set(ARENA_EAGER_COMMIT, 1);
-        // Later arenas of 8 GiB. mimalloc v3 refuses arenas above 16 GiB (its bitmap limit,
-        // meta-data included), and an allocation no arena can hold goes to a fresh OS mapping that
-        // is unmapped on free: faulted in and zeroed again on every forward (`sener bench model`
-        // saw ~3,400 2-MiB page faults, ~6 GiB zeroed, per 5,120-token DeBERTa forward with the
-        // 32 GiB reservation this replaced, which mimalloc silently refused).
-        mi_option_set(ARENA_RESERVE, 8 << 20);
-        // One large arena now (address space; pages are committed on first use).
-        if mi_reserve_os_memory(15 << 30, false, true) != 0 {
-            let _ = mi_reserve_os_memory(4 << 30, false, true);
+    // An option named in the environment (`MIMALLOC_PURGE_DELAY=…`, mimalloc reads those itself)
+    // is left as the user set it.
+    let set = |option: i32, env: &str, value: std::os::raw::c_long| {
+        if std::env::var_os(env).is_none() {
+            // SAFETY: a plain option setter of the allocator this binary links, before any
+            // thread starts.
+            unsafe { mi_option_set(option, value) };
+        }
+    };
+    set(PURGE_DELAY, "MIMALLOC_PURGE_DELAY", -1);
+    set(PURGE_DECOMMITS, "MIMALLOC_PURGE_DECOMMITS", 0);
+    // Arenas are mapped read-write at once (Linux commits a page on first touch anyway):
+    // committing on demand cost ~0.5 s of system time per long forward.
+    set(ARENA_EAGER_COMMIT, "MIMALLOC_ARENA_EAGER_COMMIT", 1);
+    // Later arenas of 8 GiB. mimalloc v3 refuses arenas above 16 GiB (its bitmap limit,
+    // meta-data included), and an allocation no arena can hold goes to a fresh OS mapping that
+    // is unmapped on free: faulted in and zeroed again on every forward (`sener bench model`
+    // saw ~3,400 2-MiB page faults, ~6 GiB zeroed, per 5,120-token DeBERTa forward with the
+    // 32 GiB reservation this replaced, which mimalloc silently refused).
+    set(ARENA_RESERVE, "MIMALLOC_ARENA_RESERVE", 8 << 20);
+    if std::env::var_os("MIMALLOC_RESERVE_OS_MEMORY").is_none() {
+        // SAFETY: reserves address space for one arena (pages are committed on first use).
+        unsafe {
+            if mi_reserve_os_memory(15 << 30, false, true) != 0 {
+                let _ = mi_reserve_os_memory(4 << 30, false, true);
+            }
         }
     }
 }
