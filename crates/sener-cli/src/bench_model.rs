@@ -68,6 +68,9 @@ pub struct BenchModelArgs {
     /// Write a log-log plot (time and peak memory against tokens) as SVG.
     #[arg(long)]
     pub svg: Option<PathBuf>,
+    /// Measure nothing: draw --svg from the runs of a JSON file this command wrote with --json.
+    #[arg(long, requires = "svg")]
+    pub replot: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -252,6 +255,14 @@ fn run_limited(mut cmd: Command, limit: Duration) -> Result<(String, String, boo
 }
 
 pub fn run(a: BenchModelArgs) -> Result<()> {
+    if let (Some(src), Some(svg)) = (&a.replot, &a.svg) {
+        let text = std::fs::read_to_string(src).with_context(|| format!("reading {}", src.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", src.display()))?;
+        let runs: Vec<ModelRun> = serde_json::from_value(v["runs"].clone()).with_context(|| format!("{}: no `runs` of `sener bench model --json`", src.display()))?;
+        let device = v["device"].as_str().unwrap_or("cpu");
+        std::fs::write(svg, plot(&runs, device)).with_context(|| format!("writing {}", svg.display()))?;
+        return Ok(());
+    }
     let exe = std::env::current_exe().context("locating the sener binary")?;
     let cuda = a.device.starts_with("cuda");
     println!(
@@ -395,8 +406,9 @@ fn plot(runs: &[ModelRun], device: &str) -> String {
     const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
     let mut keys: Vec<(String, String, String)> = runs.iter().map(|r| (r.model.clone(), r.mode.clone(), r.dtype.clone())).collect();
     keys.dedup();
-    let models: Vec<String> = {
-        let mut m: Vec<String> = keys.iter().map(|k| k.0.clone()).collect();
+    // one colour per (model, dtype); full attention dashed in its model's colour
+    let combos: Vec<(String, String)> = {
+        let mut m: Vec<(String, String)> = keys.iter().map(|k| (k.0.clone(), k.2.clone())).collect();
         m.dedup();
         m
     };
@@ -404,7 +416,7 @@ fn plot(runs: &[ModelRun], device: &str) -> String {
         keys.iter()
             .map(|(model, mode, dtype)| Series {
                 name: if dtype == "f32" { format!("{model} {mode}") } else { format!("{model} {mode} {dtype}") },
-                color: COLORS[models.iter().position(|m| m == model).unwrap_or(0) % COLORS.len()].to_string(),
+                color: COLORS[combos.iter().position(|(m, d)| m == model && d == dtype).unwrap_or(0) % COLORS.len()].to_string(),
                 dashed: mode == "full",
                 points: runs
                     .iter()

@@ -76,11 +76,7 @@ impl DtypeArgs {
     pub fn precision(&self, device: &candle_core::Device) -> Result<sener::gemm_bf16::Precision> {
         use sener::gemm_bf16::{DtypeChoice, Precision};
         let choice = DtypeChoice::parse(&self.dtype)?;
-        let p = match (choice, device.is_cpu()) {
-            (DtypeChoice::F32, _) | (DtypeChoice::Auto, false) => Precision::F32,
-            (DtypeChoice::Bf16, false) => bail!("--dtype bf16 runs on the CPU's bf16 kernels; use --device cpu, or f32 on {device:?}"),
-            (_, true) => choice.resolve().context("--dtype")?,
-        };
+        let p = choice.resolve_on(device.is_cpu()).context("--dtype")?;
         if choice == DtypeChoice::Auto && p == Precision::F32 {
             tracing::warn!("--dtype auto: no AMX on this CPU, products run in f32 (--dtype bf16 uses AVX512-BF16 where present)");
         } else {

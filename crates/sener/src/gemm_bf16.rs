@@ -128,6 +128,16 @@ impl DtypeChoice {
         }
     }
 
+    /// [`Self::resolve`] for a model on the CPU (`cpu`) or on another device: the kernels are CPU
+    /// kernels, so there `auto` is f32 and `bf16` an error.
+    pub fn resolve_on(self, cpu: bool) -> crate::Result<Precision> {
+        match (self, cpu) {
+            (_, true) | (Self::F32, false) => self.resolve(),
+            (Self::Auto, false) => Ok(Precision::F32),
+            (Self::Bf16, false) => Err(crate::Error::Input("dtype bf16 runs on the CPU's bf16 kernels; on this device use f32".into())),
+        }
+    }
+
     /// The precision this choice gives on this machine.
     pub fn resolve(self) -> crate::Result<Precision> {
         match (self, Bf16Kernel::detect()) {

@@ -922,10 +922,7 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
         thresholds: None,
     };
     let mut model = Sener { config, encoder, span };
-    let precision = match (cfg.dtype, device.is_cpu()) {
-        (crate::gemm_bf16::DtypeChoice::Auto, false) => crate::gemm_bf16::Precision::F32,
-        (choice, _) => choice.resolve()?,
-    };
+    let precision = cfg.dtype.resolve_on(device.is_cpu())?;
     model.set_precision(precision)?;
     writeln!(log, "{}", serde_json::json!({"event": "precision", "dtype": cfg.dtype.as_str(), "encoder_products": precision.describe()}))
         .map_err(|e| Error::io("metrics log", e))?;
