@@ -448,6 +448,10 @@ pub fn run_one(a: BenchModelOneArgs) -> Result<()> {
     let mut enc = bench_encoder(&a.model, &a.minilm, &opts, false)?;
     let precision = a.dtype.precision(&dev)?;
     enc.set_precision(precision)?;
+    if precision != sener::gemm_bf16::Precision::F32 {
+        // as `extract --dtype bf16` runs: the packed bf16 weights only
+        enc.release_f32_weights()?;
+    }
     let (ids, idx, words) = synthetic_segment(a.length, enc.vocab_size() as u32, 1, 2);
     let window = if a.mode == "full" { words.saturating_sub(1).max(1) } else { SPAN_WINDOW };
     let mut span = SpanModel::init(SpanConfig { window, ..SpanConfig::default() }, enc.hidden_size(), a.labels, 0, DType::F32, &dev)?;

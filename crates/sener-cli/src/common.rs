@@ -85,10 +85,14 @@ impl DtypeArgs {
         Ok(p)
     }
 
-    /// Resolves the precision and puts the model's encoder in it.
+    /// Resolves the precision and puts a model loaded for inference in it (in bf16 the encoder's
+    /// f32 weights are then dropped: only the packed bf16 ones are used).
     pub fn apply(&self, model: &mut sener::model::Sener) -> Result<sener::gemm_bf16::Precision> {
         let p = self.precision(&model.encoder.device())?;
         model.set_precision(p).context("--dtype")?;
+        if p != sener::gemm_bf16::Precision::F32 {
+            model.encoder.release_f32_weights().context("--dtype")?;
+        }
         Ok(p)
     }
 }

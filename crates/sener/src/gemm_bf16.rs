@@ -680,8 +680,9 @@ mod amx {
 pub struct Bf16Linear {
     kernel: Bf16Kernel,
     packed: std::sync::Arc<PackedBf16>,
-    /// The f32 weight `[n, k]`, kept for the transposed packing.
-    weight: candle_core::Tensor,
+    /// The f32 weight `[n, k]`, kept for the transposed packing (None once released for
+    /// inference, [`Self::release_f32_weight`]).
+    weight: Option<candle_core::Tensor>,
     transposed: std::sync::Arc<OnceLock<PackedBf16>>,
 }
 
@@ -706,11 +707,17 @@ impl Bf16Linear {
         }
         let (n, k) = weight.dims2()?;
         let w: Vec<f32> = weight.flatten_all()?.to_vec1()?;
-        Ok(Self { kernel, packed: std::sync::Arc::new(PackedBf16::pack(&w, n, k)), weight: weight.clone(), transposed: Default::default() })
+        Ok(Self { kernel, packed: std::sync::Arc::new(PackedBf16::pack(&w, n, k)), weight: Some(weight.clone()), transposed: Default::default() })
     }
 
     pub fn kernel(&self) -> Bf16Kernel {
         self.kernel
+    }
+
+    /// Inference only: drop this op's reference to the f32 weight (the backward pass then fails
+    /// with a message instead of running).
+    pub fn release_f32_weight(&mut self) {
+        self.weight = None;
     }
 
     /// `[…, k] → […, n]`.
@@ -748,7 +755,8 @@ impl candle_core::CustomOp1 for Bf16Linear {
 
     fn bwd(&self, _arg: &candle_core::Tensor, _res: &candle_core::Tensor, grad: &candle_core::Tensor) -> candle_core::Result<Option<candle_core::Tensor>> {
         if self.transposed.get().is_none() {
-            let wt: Vec<f32> = self.weight.t()?.contiguous()?.flatten_all()?.to_vec1()?;
+            let Some(w) = &self.weight else { candle_core::bail!("bf16-linear: the f32 weight was released for inference; no backward pass") };
+            let wt: Vec<f32> = w.t()?.contiguous()?.flatten_all()?.to_vec1()?;
             let _ = self.transposed.set(PackedBf16::pack(&wt, self.packed.k, self.packed.n));
         }
         let Some(t) = self.transposed.get() else { candle_core::bail!("bf16-linear: transposed weight missing") };

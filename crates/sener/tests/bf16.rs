@@ -143,3 +143,24 @@ fn full_fine_tuning_refuses_bf16() {
     let err = enc.set_precision(Precision::Bf16(k)).unwrap_err().to_string();
     assert!(err.contains("frozen"), "{err}");
 }
+
+/// Releasing the f32 weights keeps the bf16 output bit for bit and refuses what needs them.
+#[test]
+fn released_f32_weights_keep_the_output_and_refuse_f32_work() {
+    let Some(k) = kernel() else { return };
+    let mut enc = load("deberta_v3_tiny", ArrowConfig { window: 8, ..ArrowConfig::default() });
+    let (ids, mask, _) = inputs("deberta_v3_tiny");
+    random_adapter(&mut enc);
+    assert!(enc.release_f32_weights().is_err(), "f32 encoders keep their weights");
+    enc.set_precision(Precision::Bf16(k)).unwrap();
+    assert!(enc.release_f32_weights().is_err(), "an unmerged adapter needs the f32 weight");
+    enc.merge_lora().unwrap();
+    let before = enc.forward(&ids, &mask, &mut ForwardCtx::eval()).unwrap();
+    enc.release_f32_weights().unwrap();
+    let after = enc.forward(&ids, &mask, &mut ForwardCtx::eval()).unwrap();
+    assert_eq!(max_abs(&before, &after), 0.0);
+    let err = enc.set_precision(Precision::F32).unwrap_err().to_string();
+    assert!(err.contains("released"), "{err}");
+    assert!(enc.unmerge_lora().unwrap_err().to_string().contains("released"));
+    enc.set_precision(Precision::Bf16(k)).unwrap();
+}
