@@ -217,8 +217,8 @@ pub struct PackedBf16 {
     k: usize,
     /// `k` rounded up to a multiple of 32.
     kp: usize,
-    /// Column blocks of 16, rounded up to an even count (the kernels take them in pairs).
-    blocks: usize,
+    /// Column blocks of 16 (rounded up to an even count: the kernels take them in pairs), each
+    /// `[kp/2][16][2]`.
     data: Vec<u16>,
 }
 
@@ -248,7 +248,7 @@ impl PackedBf16 {
                 }
             }
         });
-        Self { n, k, kp, blocks, data }
+        Self { n, k, kp, data }
     }
 
     /// Output features (rows of `W`).
@@ -264,11 +264,6 @@ impl PackedBf16 {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.data.len() * 2
-    }
-
-    fn block(&self, jb: usize) -> &[u16] {
-        let per_block = self.kp / 2 * NB * 2;
-        &self.data[jb * per_block..(jb + 1) * per_block]
     }
 }
 
@@ -302,31 +297,40 @@ pub fn matmul_t(kernel: Bf16Kernel, x: &[f32], m: usize, w: &PackedBf16, bias: O
     out.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(ti, out_rows)| {
         let row0 = ti * ROWS_PER_TASK;
         let rows = out_rows.len() / n;
-        let mut tmp = [0f32; MB * 2 * NB];
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
         let _tiles = (kernel == Bf16Kernel::Amx).then(amx::TileConfig::load);
-        for pair in 0..w.blocks / 2 {
-            let (b0, b1) = (w.block(2 * pair), w.block(2 * pair + 1));
-            let col0 = pair * 2 * NB;
-            let cols = (n - col0).min(2 * NB);
-            for mb in (0..rows).step_by(MB) {
-                let a = &xa[(row0 + mb) * kp..(row0 + mb + MB) * kp];
-                block_32x32(kernel, a, kp, b0, b1, &mut tmp);
-                for r in 0..(rows - mb).min(MB) {
-                    let dst = &mut out_rows[(mb + r) * n + col0..(mb + r) * n + col0 + cols];
-                    let src = &tmp[r * 2 * NB..r * 2 * NB + cols];
-                    match bias {
-                        Some(b) => {
-                            for ((d, s), bb) in dst.iter_mut().zip(src).zip(&b[col0..col0 + cols]) {
-                                *d = s + bb;
-                            }
+        multiply_rows(kernel, (&xa[row0 * kp..], kp, rows), (&w.data, n), bias, (out_rows, n));
+    });
+}
+
+/// `out[r, j] = A[r, :] · B[j, :] (+ bias[j])` for `r < rows`, `j < n`: `a` holds the activations
+/// in bf16, rows `kp` apart and padded with zeros to whole blocks of 32 rows; `b` packed column
+/// blocks of `kp·16` bf16 ([`PackedBf16`]'s layout, an even number of them); `out` rows `ldo`
+/// apart. The block loop shared by [`matmul_t`] and [`matmul_t_serial`]; with AMX the caller has
+/// loaded this thread's tiles.
+fn multiply_rows(kernel: Bf16Kernel, (a, kp, rows): (&[u16], usize, usize), (b, n): (&[u16], usize), bias: Option<&[f32]>, (out, ldo): (&mut [f32], usize)) {
+    let per_block = kp * NB;
+    let mut tmp = [0f32; MB * 2 * NB];
+    for pair in 0..b.len() / per_block / 2 {
+        let (b0, b1) = (&b[2 * pair * per_block..][..per_block], &b[(2 * pair + 1) * per_block..][..per_block]);
+        let col0 = pair * 2 * NB;
+        let cols = (n - col0).min(2 * NB);
+        for mb in (0..rows).step_by(MB) {
+            block_32x32(kernel, &a[mb * kp..][..MB * kp], kp, b0, b1, &mut tmp);
+            for r in 0..(rows - mb).min(MB) {
+                let dst = &mut out[(mb + r) * ldo + col0..][..cols];
+                let src = &tmp[r * 2 * NB..][..cols];
+                match bias {
+                    Some(bv) => {
+                        for ((d, s), bb) in dst.iter_mut().zip(src).zip(&bv[col0..col0 + cols]) {
+                            *d = s + bb;
                         }
-                        None => dst.copy_from_slice(src),
                     }
+                    None => dst.copy_from_slice(src),
                 }
             }
         }
-    });
+    }
 }
 
 /// One row of activations to bf16 (also used by the bf16 band convolution): `VCVTNE2PS2BF16` (32 values an instruction, round to nearest
@@ -407,18 +411,7 @@ pub(crate) fn matmul_t_serial(
             block[(t / 2) * NB * 2 + jj * 2 + (t % 2)] = to_bf16(b[j * b_rs + t * b_cs]);
         }
     }
-    let mut tmp = [0f32; MB * 2 * NB];
-    for pair in 0..blocks / 2 {
-        let (b0, b1) = (&scratch.b[2 * pair * per_block..][..per_block], &scratch.b[(2 * pair + 1) * per_block..][..per_block]);
-        let col0 = pair * 2 * NB;
-        let cols = (n - col0).min(2 * NB);
-        for mb in (0..m).step_by(MB) {
-            block_32x32(kernel, &scratch.a[mb * kp..][..MB * kp], kp, b0, b1, &mut tmp);
-            for r in 0..(m - mb).min(MB) {
-                out[(mb + r) * ldo + col0..][..cols].copy_from_slice(&tmp[r * 2 * NB..][..cols]);
-            }
-        }
-    }
+    multiply_rows(kernel, (&scratch.a, kp, m), (&scratch.b, n), None, (out, ldo));
 }
 
 /// For kernels built on AMX tiles elsewhere (the bf16 band convolution): loads this thread's
