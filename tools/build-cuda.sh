@@ -4,7 +4,11 @@
 # real cudart/cublas/nvrtc from PyPI wheels, and link-time stubs of libcuda (the driver) and
 # libcurand whose sonames resolve to the real libraries on the GPU machine.
 # Output: target-cuda/release/sener (stripped copy: target-cuda/sener-cuda).
+# SENER_CUDA_FEATURES (default `cuda`) picks the cargo features, e.g. `cuda,nccl` for data-parallel
+# training over NCCL (then also a link-time stub of libnccl.so.2, and mpicc for the MPI bootstrap;
+# the GPU machine needs the real libnccl.so.2 and an MPI runtime).
 set -euo pipefail
+features="${SENER_CUDA_FEATURES:-cuda}"
 cd "$(dirname "$0")/.."
 cuda=/opt/cuda13
 stubs=/opt/cuda-stubs
@@ -24,16 +28,18 @@ for l in cublas cublasLt nvrtc; do
 done
 # Driver and cuRAND: link-time stubs exporting every driver (cu*) and cuRAND symbol cudarc
 # references (from `nm` of its rlib); at run time the real libcuda.so.1 / libcurand.so.10 load.
-for so in cuda curand; do [ -f "$stubs/lib$so.so" ] || gcc -shared -fPIC -o "$stubs/lib$so.so" -x c /dev/null; done
+for so in cuda curand nccl; do [ -f "$stubs/lib$so.so" ] || gcc -shared -fPIC -o "$stubs/lib$so.so" -x c /dev/null; done
 export PATH="$cuda/nvidia/cu13/bin:$PATH" CUDA_ROOT="$cuda/nvidia/cu13" CUDA_COMPUTE_CAP=90 \
   CARGO_TARGET_DIR="$PWD/target-cuda" RUSTFLAGS="-L $stubs"
-if ! cargo build --release -p sener-cli --features cuda; then
+if ! cargo build --release -p sener-cli --features "$features"; then
   rlib=$(ls -t target-cuda/release/deps/libcudarc-*.rlib | head -n1)
   nm -u "$rlib" | awk '{print $2}' | grep -E '^cu[A-Z]' | sort -u | sed 's/.*/void &(void){}/' > "$stubs/cuda.c"
   nm -u "$rlib" | awk '{print $2}' | grep -E '^curand' | sort -u | sed 's/.*/void &(void){}/' > "$stubs/curand.c"
   gcc -shared -fPIC -Wl,-soname,libcurand.so.10 -o "$stubs/libcurand.so" "$stubs/curand.c"
   gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stubs/libcuda.so" "$stubs/cuda.c"
-  cargo build --release -p sener-cli --features cuda
+  nm -u "$rlib" | awk '{print $2}' | grep -E '^nccl' | sort -u | sed 's/.*/void &(void){}/' > "$stubs/nccl.c"
+  gcc -shared -fPIC -Wl,-soname,libnccl.so.2 -o "$stubs/libnccl.so" "$stubs/nccl.c"
+  cargo build --release -p sener-cli --features "$features"
 fi
 strip -o target-cuda/sener-cuda target-cuda/release/sener
 ls -la target-cuda/sener-cuda

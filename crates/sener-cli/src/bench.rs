@@ -95,6 +95,10 @@ pub struct BenchTrainStepArgs {
     /// Precisions of the frozen encoder products, each measured in turn (f32, bf16, auto).
     #[arg(long, value_delimiter = ',', default_value = "f32")]
     pub dtypes: Vec<String>,
+    /// Which ops run, each measured in turn: auto, fused (CPU kernels) or generic (candle ops
+    /// only, the path a GPU takes; see `sener train --kernels`).
+    #[arg(long, value_delimiter = ',', default_value = "auto")]
+    pub kernels: Vec<sener::nn::Kernels>,
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
@@ -119,6 +123,8 @@ pub struct BenchTrainStepOneArgs {
     pub span_window: usize,
     #[command(flatten)]
     pub dtype: crate::common::DtypeArgs,
+    #[arg(long, default_value = "auto")]
+    pub kernels: sener::nn::Kernels,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -547,13 +553,15 @@ pub fn run_train_step(a: BenchTrainStepArgs) -> Result<()> {
         sener::gemm_bf16::DtypeChoice::parse(d).with_context(|| format!("--dtypes {d}"))?;
     }
     println!();
-    println!("| dtype | tokens | words | first step s | later step s | peak {} (MiB) |", if cuda { "GPU memory" } else { "RSS" });
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| kernels | dtype | tokens | words | first step s | later step s | peak {} (MiB) |", if cuda { "GPU memory" } else { "RSS" });
+    println!("|---|---|---:|---:|---:|---:|---:|");
     let mut all = Vec::new();
+    for kernels in &a.kernels {
     for dtype in &a.dtypes {
     for &t in &a.lengths {
         let mut cmd = Command::new(&exe);
         cmd.args(["bench", "train-step-one", "--length", &t.to_string(), "--steps", &a.steps.to_string(), "--dtype", dtype])
+            .args(["--kernels", kernels.as_str()])
             .args(["--model", &a.model, "--device", &a.device, "--recompute", a.recompute.as_str(), "--finetune", a.finetune.as_str()])
             .args(["--span-window", &a.span_window.to_string()]);
         if let Some(d) = &dir {
@@ -569,10 +577,14 @@ pub fn run_train_step(a: BenchTrainStepArgs) -> Result<()> {
         if let (Some(m), Some(o)) = (gpu_mib, row.as_object_mut()) {
             o.insert("peak_gpu_mib".into(), m.into());
         }
+        if let Some(o) = row.as_object_mut() {
+            o.insert("kernels".into(), kernels.as_str().into());
+        }
         match row.get("skipped").and_then(|s| s.as_str()) {
-            Some(why) => println!("| {dtype} | {t} | — | — | — | {why} |"),
+            Some(why) => println!("| {} | {dtype} | {t} | — | — | — | {why} |", kernels.as_str()),
             None => println!(
-                "| {} | {t} | {} | {:.2} | {:.2} | {:.0} |",
+                "| {} | {} | {t} | {} | {:.2} | {:.2} | {:.0} |",
+                kernels.as_str(),
                 row["dtype"].as_str().unwrap_or(dtype),
                 row["words"],
                 row["first_step_seconds"].as_f64().unwrap_or(f64::NAN),
@@ -584,6 +596,7 @@ pub fn run_train_step(a: BenchTrainStepArgs) -> Result<()> {
             ),
         }
         all.push(row);
+    }
     }
     }
     if let Some(p) = &a.json {
@@ -651,6 +664,10 @@ pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
     };
     let mut model = Sener { config, encoder, span };
     let precision = a.dtype.precision(&dev)?;
+    a.kernels.check(&dev)?;
+    if a.kernels == sener::nn::Kernels::Generic && precision != sener::gemm_bf16::Precision::F32 {
+        bail!("--kernels generic runs candle ops only; --dtype bf16 is one of sener's CPU kernels");
+    }
     model.encoder.set_precision(precision)?;
     let (params, groups) = paper_groups(&model.trainable(), recipe.lr_new, recipe.lr_encoder, recipe.weight_decay);
     let mut opt = AdamW::new(params, groups, AdamWConfig { clip_norm: recipe.clip_norm, ..AdamWConfig::default() })?;
@@ -659,7 +676,7 @@ pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
     // a few entities of several lengths (labels matter for the loss only, not the cost)
     let gold: Vec<GoldSpan> = (0..words.saturating_sub(40)).step_by(37).map(|s| GoldSpan { start: s, end: s + (s % 30), label: s % labels }).collect();
     let lab = band_labels(&[gold], &[words], words, Band::new(model.span.config.window), labels, &dev)?;
-    let mut ctx = ForwardCtx::train(0);
+    let mut ctx = ForwardCtx::train(0).with_kernels(a.kernels);
     let mut times = Vec::new();
     sener::mem::reset_peak_rss();
     let recompute = a.recompute.applies(batch.ids.elem_count());
@@ -671,7 +688,7 @@ pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
         times.push(t0.elapsed().as_secs_f64());
     }
     let later = if times.len() > 1 { times[1..].iter().sum::<f64>() / (times.len() - 1) as f64 } else { times[0] };
-    let v = serde_json::json!({"tokens": a.length, "words": words, "dtype": precision.describe(), "recompute": recompute, "finetune": a.finetune.as_str(), "first_step_seconds": times[0], "step_seconds": later,
+    let v = serde_json::json!({"tokens": a.length, "words": words, "dtype": precision.describe(), "recompute": recompute, "kernels": a.kernels.as_str(), "finetune": a.finetune.as_str(), "first_step_seconds": times[0], "step_seconds": later,
         "peak_rss": sener::mem::peak_rss().unwrap_or(0)});
     println!("{v}");
     Ok(())

@@ -91,6 +91,9 @@ pub enum BenchCommand {
     /// A real model's band logits in f32 and in bf16 on real documents: largest difference,
     /// flipped decisions, time of each pass.
     Dtype(crate::bench_dtype::BenchDtypeArgs),
+    /// The collective operations of data-parallel training (MPI on the CPU, NCCL on GPUs),
+    /// checked and timed on the ranks of `mpirun -np N sener bench collective`.
+    Collective(crate::bench_collective::BenchCollectiveArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -116,6 +119,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Soak(a)) => crate::bench_soak::run(a),
         Command::Bench(BenchCommand::Matmul(a)) => crate::bench_matmul::run(a),
         Command::Bench(BenchCommand::Dtype(a)) => crate::bench_dtype::run(a),
+        Command::Bench(BenchCommand::Collective(a)) => crate::bench_collective::run(a),
         Command::Serve(a) => crate::serve::run(a),
     }
 }

@@ -1,6 +1,7 @@
 //! `sener`: long-document named-entity extraction with SeNER.
 
 mod bench;
+mod bench_collective;
 mod bench_dtype;
 mod bench_matmul;
 mod bench_model;

@@ -121,6 +121,12 @@ pub struct TrainArgs {
     /// (bf16 where the CPU has a kernel). [f32]
     #[arg(long)]
     pub dtype: Option<sener::gemm_bf16::DtypeChoice>,
+    /// Which ops a training step runs: auto (sener's fused CPU kernels where they apply, candle
+    /// ops elsewhere), fused (CPU only) or generic (candle ops on every device, the BiSPA blocks
+    /// in row chunks recomputed one at a time: the path a GPU takes, selectable here to measure
+    /// it). [auto]
+    #[arg(long)]
+    pub kernels: Option<sener::nn::Kernels>,
     /// What of the encoder to train: lora (adapters on Q and V and their biases, the paper's
     /// recipe) or full (every encoder weight at --lr-encoder; the model then carries its own
     /// encoder folder). [lora]
@@ -159,7 +165,9 @@ pub struct TrainArgs {
     /// JSON-lines metrics log. [OUTPUT/../<name>.metrics.jsonl]
     #[arg(long)]
     pub metrics_log: Option<PathBuf>,
-    /// cpu or cuda[:N] (needs a build with --features cuda).
+    /// cpu or cuda[:N] (needs a build with --features cuda). Under an MPI launcher, `cuda`
+    /// without an ordinal gives each rank the GPU of its local rank (with --features nccl the
+    /// gradients are then summed by NCCL).
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -217,7 +225,7 @@ pub fn config_from(a: &TrainArgs) -> Result<TrainConfig> {
     macro_rules! set {
         ($($field:ident),*) => { $( if let Some(v) = a.$field.clone() { c.$field = v; } )* };
     }
-    set!(train, base, output, epochs, batch_size, micro_batch, lr_encoder, lr_new, max_len, seed, wwm, patience, checkpoint_every, format, splitter, holdout, prior_bias, pos_weight, calibrate, recompute, finetune, dtype);
+    set!(train, base, output, epochs, batch_size, micro_batch, lr_encoder, lr_new, max_len, seed, wwm, patience, checkpoint_every, format, splitter, holdout, prior_bias, pos_weight, calibrate, recompute, finetune, dtype, kernels);
     c.resume |= a.resume;
     if a.dev.is_some() {
         c.dev = a.dev.clone();
@@ -283,40 +291,55 @@ fn resolve_base(c: &mut TrainConfig) -> Result<()> {
     bail!("--base {}: no such folder (this build has no Hugging Face Hub support: feature `hub`)", c.base.display())
 }
 
-/// The collective of this run: MPI when `sener train` was started by an MPI launcher (`mpirun`,
-/// `srun`) and the build has the `mpi` feature; one process otherwise.
-fn collective() -> Result<Box<dyn sener::train::collective::Collective>> {
-    if !sener::train::collective::launched_by_mpi() {
-        return Ok(Box::new(sener::train::collective::Local));
+/// The collective of this run and the device this rank trains on. Started by an MPI launcher
+/// (`mpirun`, `srun`) with the `mpi` feature: MPI, or NCCL where the device is a GPU and the
+/// build has the `nccl` feature; one process otherwise. Under a launcher `--device cuda` (no
+/// ordinal) means one GPU per rank: the rank's local rank on its machine. `singleton`: start MPI
+/// even without a launcher (a one-rank world; `sener bench collective`).
+pub(crate) fn collective(device: &str, singleton: bool) -> Result<(Box<dyn sener::train::collective::Collective>, candle_core::Device)> {
+    use sener::train::collective;
+    if !collective::launched_by_mpi() && !(singleton && cfg!(feature = "mpi")) {
+        return Ok((Box::new(collective::Local), crate::common::parse_device(device)?));
     }
+    let device = match (device, collective::local_rank()) {
+        ("cuda", Some(local)) => format!("cuda:{local}"),
+        _ => device.to_string(),
+    };
     #[cfg(feature = "mpi")]
     {
-        let mpi = sener::train::collective::Mpi::init().context("starting MPI")?;
-        Ok(Box::new(mpi))
+        let mpi = collective::Mpi::init().context("starting MPI")?;
+        let dev = crate::common::parse_device(&device)?;
+        #[cfg(feature = "nccl")]
+        if dev.is_cuda() {
+            let nccl = collective::Nccl::init(mpi, &dev).context("starting NCCL over MPI")?;
+            return Ok((Box::new(nccl), dev));
+        }
+        Ok((Box::new(mpi), dev))
     }
     #[cfg(not(feature = "mpi"))]
-    bail!("started by an MPI launcher, but this build has no MPI support (cargo build --release -p sener-cli --features mpi)")
+    {
+        let _ = device;
+        bail!("started by an MPI launcher, but this build has no MPI support (cargo build --release -p sener-cli --features mpi)")
+    }
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
     let mut cfg = config_from(&a)?;
-    let coll = collective()?;
+    let (coll, device) = collective(&a.device, false)?;
     let (rank, world) = (coll.rank(), coll.world());
     if rank > 0 {
         // Rank 0 reports, logs and writes; the others train quietly. A launcher forwards Ctrl-C
         // to every rank: here it is only noted, rank 0 decides (and every rank stops with it).
         ctrlc::set_handler(|| {}).context("installing the Ctrl-C handler")?;
         resolve_base(&mut cfg)?;
-        let device = crate::common::parse_device(&a.device)?;
         let hooks = TrainHooks { stop: None, progress: None, collective: Some(coll.as_ref()) };
         train_with(&cfg, &device, &mut std::io::sink(), hooks).with_context(|| format!("training (rank {rank} of {world})"))?;
         return Ok(());
     }
     if world > 1 {
-        eprintln!("data-parallel training: rank 0 of {world} (MPI)");
+        eprintln!("data-parallel training: rank 0 of {world} ({})", if device.is_cuda() { "NCCL" } else { "MPI" });
     }
     resolve_base(&mut cfg)?;
-    let device = crate::common::parse_device(&a.device)?;
     let json = serde_json::to_string_pretty(&cfg)?;
     eprintln!("training with:\n{json}");
     let out = &cfg.output;

@@ -181,3 +181,17 @@ fn a_dead_rank_stops_the_job_and_resume_is_exact() {
     assert!(!one.status.success() && String::from_utf8_lossy(&one.stderr).contains("different configuration"), "{}", String::from_utf8_lossy(&one.stderr));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `sener bench collective` on three ranks: every rank checks the all-reduced sum, the f64 sum
+/// and rank 0's broadcast against the values it knows each rank sent (a wrong element fails
+/// that rank, and mpirun with it), and rank 0 reports one row.
+#[test]
+fn collective_operations_check_out_on_three_ranks() {
+    let args: Vec<String> = ["bench", "collective", "--elements", "100003", "--reps", "2"].iter().map(|s| s.to_string()).collect();
+    let o = mpirun(3, &args, "collective").output().unwrap();
+    ok(&o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let line = out.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON line in {out}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!((v["backend"].as_str(), v["ranks"].as_u64(), v["ok"].as_bool()), (Some("mpi"), Some(3), Some(true)), "{v}");
+}

@@ -206,3 +206,36 @@ fn resume_without_a_checkpoint_is_an_error() {
     assert!(!dir.join("m/model").exists());
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `--kernels generic` trains through candle ops only (the path a GPU takes), is saved in the
+/// config and logged; it refuses bf16 (one of sener's CPU kernels) and an unknown value.
+#[test]
+fn generic_kernels_train_and_are_recorded() {
+    let dir = tmp("kernels");
+    let base = tiny_deberta_base(&dir);
+    let data = corpus(&dir, 6);
+    let (d, b) = (data.display().to_string(), base.display().to_string());
+    let out = dir.join("g/model").display().to_string();
+    let mut args = vec!["--train", &d, "--base", &b, "--output", &out, "--max-steps", "2", "--kernels", "generic", "--recompute", "always"];
+    args.extend(SMALL);
+    let o = train(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(read_json(&dir.join("g/model.train.json"))["kernels"], "generic");
+    let log = std::fs::read_to_string(dir.join("g/model.metrics.jsonl")).unwrap();
+    let precision = log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).find(|v| v["event"] == "precision").unwrap();
+    assert_eq!(precision["kernels"], "generic");
+    assert!(log.lines().any(|l| l.contains("\"event\":\"step\"") && l.contains("\"step\":2")), "two steps taken: {log}");
+
+    let o = train(&["--train", &d, "--base", &b, "--kernels", "sometimes"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("kernels must be auto, fused or generic"), "{}", String::from_utf8_lossy(&o.stderr));
+    if sener::gemm_bf16::Bf16Kernel::detect().is_some() {
+        let out = dir.join("b/model").display().to_string();
+        let mut args = vec!["--train", &d, "--base", &b, "--output", &out, "--max-steps", "1", "--kernels", "generic", "--dtype", "bf16"];
+        args.extend(SMALL);
+        let o = train(&args);
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains("kernels `generic` runs candle ops only"), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -23,22 +23,87 @@ pub struct ForwardCtx {
     /// first pass of recomputation (`crate::train::recompute`): the same ops and dropout masks as
     /// a training pass, but nothing kept for a backward.
     pub track: bool,
+    /// The CPU's fused f32 kernels (on by default where they apply; [`Kernels::Generic`] turns
+    /// them off so that the CPU runs the candle-op path every other device takes, to measure it).
+    pub kernels: Kernels,
     rng: ChaCha8Rng,
+}
+
+/// Which implementation of the ops that have a fused CPU kernel a pass uses (`--kernels`).
+///
+/// The fused kernels (row attention, band convolution, vertical view, LayerNorm, GELU, inference
+/// arrow attention) are f32 CPU ops with hand-written backward passes. The generic path is made
+/// of candle ops only, so it runs on every device (CUDA included); on the CPU it is there to be
+/// measured and checked against the fused one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kernels {
+    /// Fused where they apply (f32 on the CPU), generic elsewhere.
+    #[default]
+    Auto,
+    /// Fused; refused on a device without them.
+    Fused,
+    /// Candle ops only, on every device.
+    Generic,
+}
+
+impl Kernels {
+    /// The name used in configs and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Fused => "fused",
+            Self::Generic => "generic",
+        }
+    }
+
+    /// Checks the choice against the device a model runs on: the fused kernels are CPU kernels.
+    pub fn check(self, dev: &Device) -> Result<()> {
+        if self == Self::Fused && !dev.is_cpu() {
+            return Err(crate::Error::Input(format!(
+                "kernels `fused` are CPU f32 kernels; on {dev:?} use `auto` or `generic`"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Kernels {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "fused" => Ok(Self::Fused),
+            "generic" => Ok(Self::Generic),
+            o => Err(format!("kernels must be auto, fused or generic, not `{o}`")),
+        }
+    }
 }
 
 impl ForwardCtx {
     /// Inference: no dropout, fused kernels.
     pub fn eval() -> Self {
-        Self { train: false, grad: false, track: false, rng: ChaCha8Rng::seed_from_u64(0) }
+        Self { train: false, grad: false, track: false, kernels: Kernels::Auto, rng: ChaCha8Rng::seed_from_u64(0) }
     }
     /// Training: dropout on (seeded), differentiable ops.
     pub fn train(seed: u64) -> Self {
-        Self { train: true, grad: true, track: true, rng: ChaCha8Rng::seed_from_u64(seed) }
+        Self { train: true, grad: true, track: true, kernels: Kernels::Auto, rng: ChaCha8Rng::seed_from_u64(seed) }
     }
     /// No dropout but differentiable ops (gradient checks, evaluation of a loss to differentiate).
     pub fn grad_only() -> Self {
-        Self { train: false, grad: true, track: true, rng: ChaCha8Rng::seed_from_u64(0) }
+        Self { train: false, grad: true, track: true, kernels: Kernels::Auto, rng: ChaCha8Rng::seed_from_u64(0) }
     }
+    /// The same context with `kernels` chosen (see [`Kernels`]).
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
+    }
+
+    /// Whether a fused CPU f32 kernel may run on `x`: f32 on the CPU, and not [`Kernels::Generic`].
+    pub fn fused(&self, x: &Tensor) -> bool {
+        self.kernels != Kernels::Generic && x.device().is_cpu() && x.dtype() == DType::F32
+    }
+
     /// The RNG state, to save with a checkpoint.
     pub fn rng(&self) -> &ChaCha8Rng {
         &self.rng
@@ -250,7 +315,7 @@ impl LayerNorm {
 
     pub fn forward(&self, xs: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let (weight, bias) = (ctx.weight(&self.weight), ctx.weight(&self.bias));
-        if ctx.grad && xs.dtype() == DType::F32 && xs.device().is_cpu() && weight.dtype() == DType::F32 {
+        if ctx.grad && ctx.fused(xs) && weight.dtype() == DType::F32 {
             // One op with its own backward: keeps x only (the composite keeps six tensors of x's size).
             let c = xs.dim(D::Minus1)?;
             let x2 = xs.contiguous()?.reshape(((), c))?;
@@ -428,9 +493,19 @@ impl Activation {
             _ => None,
         }
     }
+    /// The activation with the fused CPU GELU where it applies.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_with(xs, xs.device().is_cpu() && xs.dtype() == DType::F32)
+    }
+
+    /// The activation in a pass that chose its kernels ([`ForwardCtx::fused`]).
+    pub fn forward_in(&self, xs: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        self.forward_with(xs, ctx.fused(xs))
+    }
+
+    fn forward_with(&self, xs: &Tensor, fused: bool) -> Result<Tensor> {
         Ok(match self {
-            Self::Gelu if xs.device().is_cpu() && xs.dtype() == DType::F32 => xs.contiguous()?.apply_op1(GeluErfOp)?,
+            Self::Gelu if fused => xs.contiguous()?.apply_op1(GeluErfOp)?,
             Self::Gelu => xs.gelu_erf()?,
             Self::GeluTanh => xs.gelu()?,
             Self::Relu => xs.relu()?,

@@ -182,7 +182,7 @@ pub fn arrow_attention(
     dropout: f32,
     ctx: &mut ForwardCtx,
 ) -> Result<Tensor> {
-    if !ctx.grad && !ctx.train && q.device().is_cpu() && q.dtype() == DType::F32 {
+    if !ctx.grad && !ctx.train && ctx.fused(q) {
         return super::arrow_attention_cpu::arrow_attention_cpu(q, k, v, mask, rel, scale);
     }
     arrow_attention_composite(q, k, v, mask, rel, scale, dropout, ctx)

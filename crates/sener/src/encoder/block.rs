@@ -66,7 +66,7 @@ impl LayerTail {
     /// `attn`: the merged heads of the self-attention, `x`: the layer input.
     pub fn forward(&self, attn: &Tensor, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let a = self.attention_output.forward(attn, x, ctx)?;
-        let i = self.activation.forward(&self.intermediate.forward(&a, ctx)?)?;
+        let i = self.activation.forward_in(&self.intermediate.forward(&a, ctx)?, ctx)?;
         self.output.forward(&i, &a, ctx)
     }
 }

@@ -88,8 +88,8 @@ impl Biaffine {
     /// Returns the masked band `[B, n, K, c]`.
     pub fn forward(&self, h: &Tensor, band: Band, mask: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let (b, n, _) = h.dims3()?;
-        let hs = crate::nn::Activation::Gelu.forward(&self.head.forward(&ctx.dropout(h, self.dropout)?, ctx)?)?;
-        let he = crate::nn::Activation::Gelu.forward(&self.tail.forward(&ctx.dropout(h, self.dropout)?, ctx)?)?;
+        let hs = crate::nn::Activation::Gelu.forward_in(&self.head.forward(&ctx.dropout(h, self.dropout)?, ctx)?, ctx)?;
+        let he = crate::nn::Activation::Gelu.forward_in(&self.tail.forward(&ctx.dropout(h, self.dropout)?, ctx)?, ctx)?;
         let ones = Tensor::ones((b, n, 1), h.dtype(), h.device())?;
         let hs = Tensor::cat(&[&hs, &ones], 2)?; // [B, n, h+1]
         let he = Tensor::cat(&[&he, &ones], 2)?;

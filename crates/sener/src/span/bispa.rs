@@ -15,10 +15,13 @@
 //! The official weights only work with it.
 //!
 //! Deliberate deviations (same numbers on every valid cell): the 3×3 convolutions are nine
-//! shifted `[n·K, c] × [c, c]` matmuls instead of an im2col conv (O(n·K·c) memory); the row
-//! attention runs in row chunks so that the `[rows, K, K]` score tensor stays bounded.
+//! shifted `[n·K, c] × [c, c]` matmuls instead of an im2col conv (O(n·K·c) memory); on the
+//! generic path (candle ops, any device) both halves run in row chunks so that the `[rows, K, K]`
+//! score tensor stays bounded, and recomputation differentiates them chunk by chunk
+//! ([`BiSpaBlock::attend_backward`], [`BiSpaBlock::convolve_backward`]). On the CPU in f32 the
+//! fused ops (`row_attention`, `band_conv`) take the whole band at once instead.
 
-use candle_core::{Tensor, Var};
+use candle_core::{backprop::GradStore, Tensor, Var};
 use candle_nn::VarBuilder;
 
 use super::band::Band;
@@ -26,8 +29,39 @@ use super::biaffine::TrainLinear;
 use crate::nn::{ForwardCtx, LayerNorm};
 use crate::Result;
 
-/// Rows of the band whose K×K attention scores are materialised at once.
-const ROW_CHUNK: usize = 256;
+/// Cells per row chunk (in gradient passes, and always on the generic path): the generic row
+/// attention's chunk of `[rows, K, K]` scores, otherwise a chunk of `[rows, K, c]` features (8 MB per f32 tensor; 31 attention rows
+/// at K = 257). One chunk's recorded graph and its backward hold about a hundred such tensors:
+/// measured with MiniLM at 1,024 tokens, 256 attention rows per chunk (67 MB per tensor) made
+/// an attention half's backward peak at 7.3 GB, 63 rows 2.2 GB.
+pub const CHUNK_CELLS: usize = 1 << 21;
+
+/// Rows on either side of an output row that the convolution half reads (two 3×3 convolutions).
+const CONV_REACH: usize = 2;
+
+/// `[0, n)` in runs of `chunk` rows: (start, length).
+fn row_chunks(n: usize, chunk: usize) -> Vec<(usize, usize)> {
+    let chunk = chunk.max(1);
+    (0..n).step_by(chunk).map(|s| (s, chunk.min(n - s))).collect()
+}
+
+/// The rows `[lo, hi)` the convolution half reads to give rows `[s, s + len)` of `n`.
+fn conv_reach(s: usize, len: usize, n: usize) -> (usize, usize) {
+    (s.saturating_sub(CONV_REACH), (s + len + CONV_REACH).min(n))
+}
+
+/// Row chunks (axis 1) back into one tensor.
+fn cat_rows(mut parts: Vec<Tensor>) -> Result<Tensor> {
+    Ok(if parts.len() == 1 { parts.remove(0) } else { Tensor::cat(&parts, 1)? })
+}
+
+/// A leaf's gradient in `store`, zeros when the output did not reach it.
+fn grad_or_zeros(store: &GradStore, leaf: &Var) -> Result<Tensor> {
+    Ok(match store.get(leaf.as_tensor()) {
+        Some(g) => g.detach(),
+        None => leaf.as_tensor().zeros_like()?,
+    })
+}
 
 /// RoFormer sinusoidal rotary table for positions 0..len, dim c: (sin, cos) each `[len, c]`
 /// with every frequency repeated for its interleaved pair.
@@ -76,8 +110,11 @@ pub struct BiSpaBlock {
     conv2: Var,
     dropout: f32,
     c: usize,
-    /// Use the composite (candle-op) attention even where the fused one applies (tests, A/B).
+    /// Run the generic (candle-op, row-chunked) path even where the fused ops apply (tests, A/B).
     pub force_composite: bool,
+    /// Rows per chunk on the generic path; 0 (the default): from [`CHUNK_CELLS`]. (A few in
+    /// tests, to exercise the chunk edges.)
+    pub row_chunk: usize,
     /// Inference under `--dtype bf16` ([`super::SpanModel::set_precision`]): the row attention's
     /// K×K products with this kernel, and with AMX the band convolutions too. Gradient passes
     /// stay f32.
@@ -101,6 +138,7 @@ impl BiSpaBlock {
             dropout,
             c,
             force_composite: false,
+            row_chunk: 0,
             bf16: None,
         })
     }
@@ -128,37 +166,180 @@ impl BiSpaBlock {
 
     /// The block's first half: horizontal and vertical attention, `dense`, `LN₁` → `Y`.
     /// (Separate so that recomputation can keep one half's graph at a time.)
+    ///
+    /// Row chunk by row chunk on the generic path and in every gradient pass
+    /// ([`Self::attend_backward`] recomputes them one at a time); a fused inference pass takes
+    /// the whole band at once.
     pub fn attend(&self, x: &Tensor, band: Band, valid: &Tensor, rope: &(Tensor, Tensor), ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let kk = x.dim(2)?;
-        let dev = x.device();
-        let tri: Vec<u32> = (0..kk).map(|k| (k >= band.w) as u32).collect();
-        let tri = ctx.param(&self.pos_embed).index_select(&Tensor::from_vec(tri, kk, dev)?, 0)?; // [K, c]
-        let x = x.clamp(-1000f32, 1000f32)?.broadcast_add(&tri)?;
-        let zh = self.attention(&x, &self.h_qkv, valid, rope, ctx)?;
-        let zv = self.attention(&band.vertical(&x)?, &self.v_qkv, valid, rope, ctx)?;
-        let d = self.dense.forward(&Tensor::cat(&[&zh, &zv], 3)?, ctx)?;
-        let d = ctx.dropout(&d, self.dropout)?;
-        let row_has_valid = valid.max_keepdim(2)?.unsqueeze(3)?; // [B, n, 1, 1]
-        let d = d.broadcast_mul(&row_has_valid)?;
-        let ln1 = LayerNorm { weight: ctx.param(&self.ln1.0), bias: ctx.param(&self.ln1.1), eps: 1e-5 };
-        ln1.forward(&(x + d)?, ctx)
+        let (pre, pre_v) = self.attend_inputs(x, band, ctx)?;
+        if !self.chunked(x, ctx) {
+            return self.attend_rows(&pre, &pre_v, valid, rope, ctx);
+        }
+        let mut outs = Vec::new();
+        for (s, len) in row_chunks(x.dim(1)?, self.attention_rows(x, ctx)?) {
+            outs.push(self.attend_rows(&pre.narrow(1, s, len)?, &pre_v.narrow(1, s, len)?, &valid.narrow(1, s, len)?, rope, ctx)?);
+        }
+        cat_rows(outs)
     }
 
-    /// The block's second half: the masked conv pair, dropout, `LN₂(Y + ·)`.
+    /// What the attention half reads: `x' = clamp(x, ±1000) + E_tri[k ≥ w]` and its vertical
+    /// view (no dropout is drawn here).
+    fn attend_inputs(&self, x: &Tensor, band: Band, ctx: &ForwardCtx) -> Result<(Tensor, Tensor)> {
+        let kk = x.dim(2)?;
+        let tri: Vec<u32> = (0..kk).map(|k| (k >= band.w) as u32).collect();
+        let tri = ctx.param(&self.pos_embed).index_select(&Tensor::from_vec(tri, kk, x.device())?, 0)?; // [K, c]
+        let pre = x.clamp(-1000f32, 1000f32)?.broadcast_add(&tri)?;
+        let pre_v = if self.fused(x, ctx) { band.vertical(&pre)? } else { band.vertical_composite(&pre)? };
+        Ok((pre, pre_v))
+    }
+
+    /// The attention half on a run of rows, given those rows of `x'` and of its vertical view:
+    /// `LN₁(x' + D)`, every op row-local.
+    fn attend_rows(&self, pre: &Tensor, pre_v: &Tensor, valid: &Tensor, rope: &(Tensor, Tensor), ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let zh = self.attention(pre, &self.h_qkv, valid, rope, ctx)?;
+        let zv = self.attention(pre_v, &self.v_qkv, valid, rope, ctx)?;
+        let d = self.dense.forward(&Tensor::cat(&[&zh, &zv], 3)?, ctx)?;
+        let d = ctx.dropout(&d, self.dropout)?;
+        let row_has_valid = valid.max_keepdim(2)?.unsqueeze(3)?; // [B, rows, 1, 1]
+        let d = d.broadcast_mul(&row_has_valid)?;
+        let ln1 = LayerNorm { weight: ctx.param(&self.ln1.0), bias: ctx.param(&self.ln1.1), eps: 1e-5 };
+        ln1.forward(&(pre + d)?, ctx)
+    }
+
+    /// The block's second half: the masked conv pair, dropout, `LN₂(Y + ·)`. Chunked as
+    /// [`Self::attend`] (each chunk read with the two rows on either side that the two 3×3
+    /// convolutions reach); a fused inference pass takes the whole band at once.
     pub fn convolve(&self, y: &Tensor, valid: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let n = y.dim(1)?;
+        if !self.chunked(y, ctx) {
+            return self.convolve_rows(y, valid, 0, n, ctx);
+        }
+        let mut outs = Vec::new();
+        for (s, len) in row_chunks(n, self.conv_rows(y)?) {
+            let (lo, hi) = conv_reach(s, len, n);
+            outs.push(self.convolve_rows(&y.narrow(1, lo, hi - lo)?, &valid.narrow(1, lo, hi - lo)?, s - lo, len, ctx)?);
+        }
+        cat_rows(outs)
+    }
+
+    /// The convolution half for rows `[at, at + len)` of a run of rows `y` (the output rows and
+    /// up to [`CONV_REACH`] rows on either side; rows beyond a run's edge read as zero, which is
+    /// right only at the band's own edges, so the rows kept are those the edges do not reach).
+    fn convolve_rows(&self, y: &Tensor, valid: &Tensor, at: usize, len: usize, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let valid4 = valid.unsqueeze(3)?;
         let h = self.conv(&y.broadcast_mul(&valid4)?, &ctx.param(&self.conv1), ctx)?;
-        let h = crate::nn::Activation::Gelu.forward(&h)?;
+        let h = crate::nn::Activation::Gelu.forward_in(&h, ctx)?;
         let h = self.conv(&h.broadcast_mul(&valid4)?, &ctx.param(&self.conv2), ctx)?;
+        let (h, y) = if at == 0 && len == y.dim(1)? { (h, y.clone()) } else { (h.narrow(1, at, len)?, y.narrow(1, at, len)?) };
         let h = ctx.dropout(&h, self.dropout)?;
         let ln2 = LayerNorm { weight: ctx.param(&self.ln2.0), bias: ctx.param(&self.ln2.1), eps: 1e-5 };
         ln2.forward(&(y + h)?, ctx)
     }
 
+    /// Gradient of `Σ attend(x) · g` at `x`, recomputing one row chunk at a time
+    /// (recomputation's stage backward, `crate::train::recompute`): only one chunk's graph is
+    /// alive at once (generic: its `[rows, K, K]` attention tensors), beside a few band-sized
+    /// tensors (`x'`, its vertical view and their gradients). The chunks draw their dropout masks in the order
+    /// [`Self::attend`] drew them, so the context's RNG must be where it was then. Parameter
+    /// gradients go to `sink`, one store per chunk and one for the inputs' small graph.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend_backward(
+        &self,
+        x: &Tensor,
+        g: &Tensor,
+        band: Band,
+        valid: &Tensor,
+        rope: &(Tensor, Tensor),
+        ctx: &mut ForwardCtx,
+        sink: &mut dyn FnMut(&GradStore) -> Result<()>,
+    ) -> Result<Tensor> {
+        let leaf = Var::from_tensor(x)?;
+        let (pre, pre_v) = self.attend_inputs(leaf.as_tensor(), band, ctx)?;
+        let (pre_d, pre_vd) = (pre.detach(), pre_v.detach());
+        let (mut g_pre, mut g_pre_v) = (Vec::new(), Vec::new());
+        for (s, len) in row_chunks(x.dim(1)?, self.attention_rows(x, ctx)?) {
+            let pc = Var::from_tensor(&pre_d.narrow(1, s, len)?)?;
+            let vc = Var::from_tensor(&pre_vd.narrow(1, s, len)?)?;
+            let out = self.attend_rows(pc.as_tensor(), vc.as_tensor(), &valid.narrow(1, s, len)?, rope, ctx)?;
+            let store = (out * g.narrow(1, s, len)?.detach())?.sum_all()?.backward()?;
+            sink(&store)?;
+            g_pre.push(grad_or_zeros(&store, &pc)?);
+            g_pre_v.push(grad_or_zeros(&store, &vc)?);
+        }
+        let (g_pre, g_pre_v) = (cat_rows(g_pre)?, cat_rows(g_pre_v)?);
+        let store = ((pre * g_pre)?.sum_all()? + (pre_v * g_pre_v)?.sum_all()?)?.backward()?;
+        sink(&store)?;
+        grad_or_zeros(&store, &leaf)
+    }
+
+    /// Gradient of `Σ convolve(y) · g` at `y`, one row chunk at a time (see
+    /// [`Self::attend_backward`]): each chunk's run of rows is its own leaf, and the gradients of
+    /// overlapping runs are summed row by row.
+    pub fn convolve_backward(
+        &self,
+        y: &Tensor,
+        g: &Tensor,
+        valid: &Tensor,
+        ctx: &mut ForwardCtx,
+        sink: &mut dyn FnMut(&GradStore) -> Result<()>,
+    ) -> Result<Tensor> {
+        let n = y.dim(1)?;
+        let chunks = row_chunks(n, self.conv_rows(y)?);
+        let mut pieces = Vec::with_capacity(chunks.len());
+        for &(s, len) in &chunks {
+            let (lo, hi) = conv_reach(s, len, n);
+            let leaf = Var::from_tensor(&y.narrow(1, lo, hi - lo)?)?;
+            let out = self.convolve_rows(leaf.as_tensor(), &valid.narrow(1, lo, hi - lo)?, s - lo, len, ctx)?;
+            let store = (out * g.narrow(1, s, len)?.detach())?.sum_all()?.backward()?;
+            sink(&store)?;
+            pieces.push((lo, grad_or_zeros(&store, &leaf)?));
+        }
+        // Row chunk [s, s + len) of the gradient: the sum of every run's gradient over it.
+        let mut rows = Vec::with_capacity(chunks.len());
+        for &(s, len) in &chunks {
+            let mut acc: Option<Tensor> = None;
+            for (lo, gp) in &pieces {
+                let (a, b) = (s.max(*lo), (s + len).min(lo + gp.dim(1)?));
+                if a >= b {
+                    continue;
+                }
+                let part = gp.narrow(1, a - lo, b - a)?.pad_with_zeros(1, a - s, s + len - b)?;
+                acc = Some(match acc {
+                    None => part,
+                    Some(t) => (t + part)?,
+                });
+            }
+            rows.push(acc.ok_or_else(|| crate::Error::Input("a row chunk without a gradient".into()))?);
+        }
+        cat_rows(rows)
+    }
+
     /// Whether the fused ops apply: f32 on the CPU, in gradient passes (where they save the kept
     /// intermediates) and at inference (no `[rows, K, K]` score tensor, fewer band passes).
-    fn fused(&self, x: &Tensor, _ctx: &ForwardCtx) -> bool {
-        x.dtype() == candle_core::DType::F32 && x.device().is_cpu() && !self.force_composite
+    fn fused(&self, x: &Tensor, ctx: &ForwardCtx) -> bool {
+        ctx.fused(x) && !self.force_composite
+    }
+
+    /// Rows per attention chunk of the band `x` `[B, n, K, c]`: generic, bounded by its
+    /// `[rows, K, K]` scores; fused (no such tensor), by the band cells.
+    fn attention_rows(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<usize> {
+        let (b, _, kk, c) = x.dims4()?;
+        let per_row = if self.fused(x, ctx) { b * kk * c } else { b * kk * kk };
+        Ok(if self.row_chunk > 0 { self.row_chunk } else { (CHUNK_CELLS / per_row.max(1)).max(1) })
+    }
+
+    /// Rows per convolution chunk of the band `y`.
+    fn conv_rows(&self, y: &Tensor) -> Result<usize> {
+        let (b, _, kk, c) = y.dims4()?;
+        Ok(if self.row_chunk > 0 { self.row_chunk } else { (CHUNK_CELLS / (b * kk * c).max(1)).max(CONV_REACH) })
+    }
+
+    /// Whether this pass runs the block in row chunks: always on the generic path (the
+    /// `[rows, K, K]` scores), in gradient passes with the fused ops too (so that recomputation
+    /// can differentiate one chunk at a time: [`Self::attend_backward`]). A fused inference pass
+    /// takes the whole band at once.
+    pub fn chunked(&self, x: &Tensor, ctx: &ForwardCtx) -> bool {
+        !self.fused(x, ctx) || ctx.grad
     }
 
     /// The 3×3 band convolution: fused op in gradient passes, nine shifted matmuls otherwise.
@@ -172,8 +353,8 @@ impl BiSpaBlock {
         conv3x3(x, w)
     }
 
-    /// Single-head attention of every band row over its K cells: the fused row attention in
-    /// gradient passes, the composite version (row-chunked) otherwise.
+    /// Single-head attention of every given band row over its K cells: the fused row attention,
+    /// or the composite one (whose `[rows, K, K]` scores the caller bounds by chunking rows).
     fn attention(&self, x: &Tensor, qkv: &TrainLinear, valid: &Tensor, rope: &(Tensor, Tensor), ctx: &mut ForwardCtx) -> Result<Tensor> {
         if self.fused(x, ctx) {
             return self.attention_fused(x, qkv, valid, rope, ctx);
@@ -204,26 +385,18 @@ impl BiSpaBlock {
     }
 
     fn attention_composite(&self, x: &Tensor, qkv: &TrainLinear, valid: &Tensor, rope: &(Tensor, Tensor), ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let (_, n, _, c) = x.dims4()?;
+        let c = x.dim(3)?;
         let scale = 1.0 / (c as f64).sqrt();
-        let mut outs = Vec::new();
-        let mut start = 0;
-        while start < n {
-            let rows = ROW_CHUNK.min(n - start);
-            let xc = x.narrow(1, start, rows)?;
-            let vc = valid.narrow(1, start, rows)?.unsqueeze(2)?; // [B, rows, 1, K]
-            let p = qkv.forward(&xc, ctx)?.clamp(-1e4f32, 1e4f32)?;
-            let q = apply_rope(&p.narrow(3, 0, c)?, &rope.0, &rope.1)?;
-            let k = apply_rope(&p.narrow(3, c, c)?, &rope.0, &rope.1)?;
-            let v = p.narrow(3, 2 * c, c)?.contiguous()?;
-            let s = (q.matmul(&k.t()?)? * scale)?.clamp(-1e4f32, 1e4f32)?;
-            let s = s.broadcast_add(&((&vc - 1.0)? * 1e4)?)?; // −1e4 on invalid keys
-            let a = ctx.softmax_last(&s)?.broadcast_mul(&vc)?;
-            let a = ctx.dropout(&a, self.dropout)?;
-            outs.push(a.matmul(&v)?);
-            start += rows;
-        }
-        Ok(if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 1)? })
+        let vc = valid.unsqueeze(2)?; // [B, rows, 1, K]
+        let p = qkv.forward(x, ctx)?.clamp(-1e4f32, 1e4f32)?;
+        let q = apply_rope(&p.narrow(3, 0, c)?, &rope.0, &rope.1)?;
+        let k = apply_rope(&p.narrow(3, c, c)?, &rope.0, &rope.1)?;
+        let v = p.narrow(3, 2 * c, c)?.contiguous()?;
+        let s = (q.matmul(&k.t()?)? * scale)?.clamp(-1e4f32, 1e4f32)?;
+        let s = s.broadcast_add(&((&vc - 1.0)? * 1e4)?)?; // −1e4 on invalid keys
+        let a = ctx.softmax_last(&s)?.broadcast_mul(&vc)?;
+        let a = ctx.dropout(&a, self.dropout)?;
+        Ok(a.matmul(&v)?)
     }
 
     pub fn c(&self) -> usize {

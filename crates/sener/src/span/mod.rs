@@ -199,6 +199,38 @@ impl SpanModel {
         }
     }
 
+    /// Recomputation's stage backward for half `h`, row chunk by row chunk (see
+    /// [`BiSpaBlock::attend_backward`]): the gradient at its input `x` for the upstream gradient
+    /// `g`, parameter gradients to `sink`. `None` where the pass does not chunk the block (then
+    /// the plain stage backward applies).
+    pub fn block_half_backward(
+        &self,
+        h: usize,
+        x: &Tensor,
+        g: &Tensor,
+        shared: &SpanShared,
+        ctx: &mut ForwardCtx,
+        sink: &mut dyn FnMut(&candle_core::backprop::GradStore) -> Result<()>,
+    ) -> Result<Option<Tensor>> {
+        let blk = self.blocks.get(h / 2).ok_or_else(|| Error::Input(format!("no BiSPA block {}", h / 2)))?;
+        if !blk.chunked(x, ctx) {
+            return Ok(None);
+        }
+        Ok(Some(if h % 2 == 0 {
+            blk.attend_backward(x, g, shared.band, &shared.valid, &shared.rope, ctx, sink)?
+        } else {
+            blk.convolve_backward(x, g, &shared.valid, ctx, sink)?
+        }))
+    }
+
+    /// Rows per chunk of the generic BiSPA path (default: from [`bispa::CHUNK_CELLS`]; tests
+    /// use a few).
+    pub fn set_row_chunk(&mut self, rows: usize) {
+        for b in &mut self.blocks {
+            b.row_chunk = rows.max(1);
+        }
+    }
+
     /// The head on `x + s` (last block's output plus the biaffine band): logits `[B, n, K, R]`.
     pub fn head(&self, x: &Tensor, s: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let logits = self.down_fc.forward(&(x + s)?, ctx)?;

@@ -119,6 +119,7 @@ fn staged(model: &Sener, batch: &Batch, labels: &Tensor, scale: f64, pos_weight:
     // back (see below).
     let full = enc.is_fully_trainable();
     // ---- 1. forward, graph off: stage inputs and RNG states ----
+    mem_mark("start");
     let begin_rng = ctx.rng().clone();
     let (x0, shared) = enc.begin(&batch.ids, &batch.mask, ctx)?;
     let layers = enc.num_layers();
@@ -129,6 +130,7 @@ fn staged(model: &Sener, batch: &Batch, labels: &Tensor, scale: f64, pos_weight:
         let y = enc.layer(i, &hs[i], &shared, ctx)?;
         hs.push(y);
     }
+    mem_mark("forward: encoder");
     let pooling = batch.word_pooling()?;
     let words = pooling.forward(&hs[layers])?;
     let sshared = span.begin(&words, &batch.words)?;
@@ -143,6 +145,7 @@ fn staged(model: &Sener, batch: &Batch, labels: &Tensor, scale: f64, pos_weight:
         let y = span.block_half(i, &bands[i], &sshared, ctx)?;
         bands.push(y);
     }
+    mem_mark("forward: span side");
     let end_rng = ctx.rng().clone();
     ctx.track = true;
     let mut grads = HashMap::new();
@@ -160,18 +163,25 @@ fn staged(model: &Sener, batch: &Batch, labels: &Tensor, scale: f64, pos_weight:
         let g_s = if depth == 0 { g_x.zeros_like()? } else { grad_of(&store, &s_leaf)? };
         (loss.to_scalar::<f32>()? as f64, g_x, g_s)
     };
+    mem_mark("backward: head and loss");
 
     // ---- 3. walk back, recomputing each stage ----
     for i in (0..depth).rev() {
         ctx.set_rng(block_rng[i].clone());
         bands.truncate(i + 1); // half i's output is no longer needed; its input is bands[i]
-        g_x = stage_backward(&bands[i], &g_x, ctx, trainable, &mut grads, |x, ctx| span.block_half(i, x, &sshared, ctx))?;
+        let chunked = span.block_half_backward(i, &bands[i], &g_x, &sshared, ctx, &mut |store| collect(store, trainable, &mut grads))?;
+        g_x = match chunked {
+            Some(g) => g,
+            None => stage_backward(&bands[i], &g_x, ctx, trainable, &mut grads, |x, ctx| span.block_half(i, x, &sshared, ctx))?,
+        };
+        mem_mark(&format!("backward: BiSPA half {i}"));
     }
     g_s = (g_s + g_x)?;
     drop(bands);
     ctx.set_rng(biaffine_rng);
     let g_words = stage_backward(&words, &g_s, ctx, trainable, &mut grads, |w, ctx| span.biaffine(w, &sshared, ctx))?;
     drop(g_s);
+    mem_mark("backward: biaffine");
     let mut g_h = stage_backward(&hs[layers], &g_words, ctx, trainable, &mut grads, |h, _| pooling.forward(h))?;
     // Full fine-tuning: embeddings and the shared relative-position table with the graph on (the
     // same dropout masks as pass 1). Every layer's backward then also reaches the table's
@@ -194,6 +204,7 @@ fn staged(model: &Sener, batch: &Batch, labels: &Tensor, scale: f64, pos_weight:
             break;
         }
         g_h = stage_backward(&hs[i], &g_h, ctx, trainable, &mut grads, |x, ctx| enc.layer(i, x, shared, ctx))?;
+        mem_mark(&format!("backward: encoder layer {i}"));
     }
     if let Some((x0, _)) = &tracked_begin {
         let store = (x0 * g_h.detach())?.sum_all()?.backward()?;
@@ -219,6 +230,16 @@ fn stage_backward(
     let store = (out * upstream.detach())?.sum_all()?.backward()?;
     collect(&store, trainable, grads)?;
     grad_of(&store, &leaf)
+}
+
+/// Peak and current RSS since the last mark, as a debug event (per-stage memory of a step; run
+/// with `MIMALLOC_PURGE_DELAY=0` so that freed pages leave the RSS).
+fn mem_mark(stage: &str) {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let mib = |b: Option<u64>| b.map_or(0, |b| b >> 20);
+        tracing::debug!(stage, peak_mib = mib(crate::mem::peak_rss()), rss_mib = mib(crate::mem::current_rss()), "recompute stage memory");
+        crate::mem::reset_peak_rss();
+    }
 }
 
 fn grad_of(store: &GradStore, leaf: &Var) -> Result<Tensor> {
@@ -247,6 +268,7 @@ mod tests {
     use super::*;
     use crate::encoder::{ArrowConfig, Encoder, EncoderOptions, LoraConfig};
     use crate::model::{BaseEncoder, SenerConfig};
+    use crate::nn::Kernels;
     use crate::span::band::Band;
     use crate::span::loss::{band_labels, GoldSpan};
     use crate::span::{SpanConfig, SpanModel};
@@ -358,6 +380,60 @@ mod tests {
             let x = Tensor::ones(64, DType::F32, &Device::Cpu).unwrap();
             let (d1, d2) = (c1.dropout(&x, 0.5).unwrap(), c2.dropout(&x, 0.5).unwrap());
             assert_eq!(d1.to_vec1::<f32>().unwrap(), d2.to_vec1::<f32>().unwrap());
+        }
+    }
+
+    /// Max |a − b| over every gradient, relative to the largest entry of each.
+    fn assert_same_grads(a: &StepGrads, b: &StepGrads, names: &[String], what: &str) {
+        assert!((a.loss - b.loss).abs() <= 1e-5 * a.loss.abs(), "{what}: loss {} vs {}", a.loss, b.loss);
+        assert_eq!(a.grads.len(), names.len(), "{what}: every tensor reached");
+        assert_eq!(b.grads.len(), names.len(), "{what}: every tensor reached");
+        for n in names {
+            let (x, y) = (&a.grads[n], &b.grads[n]);
+            let diff = (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let scale = x.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff <= 1e-4 * scale + 1e-7, "{what} {n}: max diff {diff} (scale {scale})");
+        }
+    }
+
+    /// The generic path (candle ops only, BiSPA in row chunks that recomputation differentiates
+    /// one at a time) gives the fused path's loss and gradients. Without dropout, since the two
+    /// paths draw their masks differently; chunks of 5 rows over 12 words, so that the halo of
+    /// the convolutions and the vertical view cross chunk edges.
+    #[test]
+    fn generic_path_matches_the_fused_path() {
+        for (depth, deberta) in [(2, true), (1, false)] {
+            let mut m = tiny_with(depth, deberta, false);
+            m.span.set_row_chunk(5);
+            let names: Vec<String> = m.trainable().into_iter().map(|(n, _)| n).collect();
+            let (b, labels) = batch(&Device::Cpu);
+            let run = |kernels: Kernels, recompute: bool| {
+                let mut ctx = ForwardCtx::grad_only().with_kernels(kernels);
+                loss_and_grads(&m, &b, &labels, 0.5, 2.0, &mut ctx, recompute).unwrap()
+            };
+            let fused = run(Kernels::Fused, false);
+            assert_same_grads(&fused, &run(Kernels::Generic, false), &names, "generic plain");
+            assert_same_grads(&fused, &run(Kernels::Generic, true), &names, "generic recomputed");
+            assert_same_grads(&fused, &run(Kernels::Fused, true), &names, "fused recomputed");
+        }
+    }
+
+    /// With dropout on, recomputing chunk by chunk (4-row chunks of 12 words) replays the masks
+    /// of the plain pass and leaves the RNG where it does, on both paths.
+    #[test]
+    fn chunked_recomputation_replays_dropout() {
+        for kernels in [Kernels::Generic, Kernels::Fused] {
+            let mut m = tiny_with(2, true, false);
+            m.span.set_row_chunk(4);
+            let names: Vec<String> = m.trainable().into_iter().map(|(n, _)| n).collect();
+            let (b, labels) = batch(&Device::Cpu);
+            let mut c1 = ForwardCtx::train(5).with_kernels(kernels);
+            let mut c2 = ForwardCtx::train(5).with_kernels(kernels);
+            let plain = loss_and_grads(&m, &b, &labels, 1.0, 1.0, &mut c1, false).unwrap();
+            let staged = loss_and_grads(&m, &b, &labels, 1.0, 1.0, &mut c2, true).unwrap();
+            assert_same_grads(&plain, &staged, &names, &format!("{kernels:?} with dropout"));
+            let x = Tensor::ones(64, DType::F32, &Device::Cpu).unwrap();
+            assert_eq!(c1.dropout(&x, 0.5).unwrap().to_vec1::<f32>().unwrap(), c2.dropout(&x, 0.5).unwrap().to_vec1::<f32>().unwrap());
         }
     }
 

@@ -210,6 +210,11 @@ pub struct TrainConfig {
     /// weights stay f32); `auto` (bf16 where the CPU has AMX or AVX512-BF16). Part of the
     /// resume key: a run resumes in the precision it started in.
     pub dtype: crate::gemm_bf16::DtypeChoice,
+    /// Which ops run ([`crate::nn::Kernels`]): `auto` (the fused CPU kernels where they apply,
+    /// candle ops elsewhere), `fused` (CPU only), `generic` (candle ops on every device, BiSPA in
+    /// row chunks that recomputation differentiates one at a time: the path a GPU takes, here
+    /// to be measured). Part of the resume key: the two paths draw different dropout masks.
+    pub kernels: crate::nn::Kernels,
 }
 
 impl Default for TrainConfig {
@@ -264,6 +269,7 @@ impl TrainConfig {
             license: None,
             init_from: None,
             dtype: crate::gemm_bf16::DtypeChoice::F32,
+            kernels: crate::nn::Kernels::Auto,
         };
         match recipe {
             Recipe::Paper => paper,
@@ -765,6 +771,10 @@ fn resume_key(cfg: &TrainConfig, world: usize) -> serde_json::Value {
         if o.get("dtype").and_then(|d| d.as_str()) == Some("f32") {
             o.remove("dtype");
         }
+        // Likewise `auto` kernels, what every run did before `kernels` existed.
+        if o.get("kernels").and_then(|d| d.as_str()) == Some("auto") {
+            o.remove("kernels");
+        }
         if world > 1 {
             o.insert("world".into(), world.into());
         }
@@ -923,8 +933,12 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
     };
     let mut model = Sener { config, encoder, span };
     let precision = cfg.dtype.resolve_on(device.is_cpu())?;
+    cfg.kernels.check(device)?;
+    if cfg.kernels == crate::nn::Kernels::Generic && precision != crate::gemm_bf16::Precision::F32 {
+        return Err(Error::Input("training config: kernels `generic` runs candle ops only, and dtype bf16 is one of sener's CPU kernels: use dtype f32 with it".into()));
+    }
     model.set_precision(precision)?;
-    writeln!(log, "{}", serde_json::json!({"event": "precision", "dtype": cfg.dtype.as_str(), "encoder_products": precision.describe()}))
+    writeln!(log, "{}", serde_json::json!({"event": "precision", "dtype": cfg.dtype.as_str(), "encoder_products": precision.describe(), "kernels": cfg.kernels.as_str()}))
         .map_err(|e| Error::io("metrics log", e))?;
     let mut fresh_head = true;
     if let (Some(dir), Some(icfg)) = (&cfg.init_from, &init) {
@@ -958,7 +972,7 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
     let dev_tokens: usize = dev_split.as_ref().map_or(0, |d| d.examples.iter().map(|e| e.seg.input_ids.len()).sum());
     let band = Band::new(cfg.span.window);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut ctx = ForwardCtx::train(cfg.seed);
+    let mut ctx = ForwardCtx::train(cfg.seed).with_kernels(cfg.kernels);
     let mask_cfg = special.mask.filter(|_| cfg.wwm > 0.0).map(|mask_id| MaskConfig {
         probability: cfg.wwm,
         mask_id,
