@@ -66,6 +66,33 @@ pub struct BenchSpanArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct BenchRandomModelArgs {
+    /// Shape: deberta-v3-base, deberta-v3-large or minilm-shape.
+    #[arg(long)]
+    pub model: String,
+    /// The folder to write (`config.json` + `model.safetensors`).
+    #[arg(long)]
+    pub output: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Writes a model folder with random weights in a published shape, for benchmarks that load
+/// their model from a file as `sener extract` does (`sener bench model --models FOLDER`).
+pub fn run_random_model(a: BenchRandomModelArgs) -> Result<()> {
+    let shape = random_shape(&a.model)?;
+    let cfg_dir = std::env::temp_dir().join(format!("sener-random-model-{}", std::process::id()));
+    std::fs::create_dir_all(&cfg_dir).with_context(|| format!("creating {}", cfg_dir.display()))?;
+    std::fs::write(cfg_dir.join("config.json"), serde_json::to_string_pretty(&shape)?).context("writing config.json")?;
+    let enc = Encoder::random_trainable(shape, &EncoderOptions::default(), a.seed)?;
+    let written = enc.save_full(&a.output, &cfg_dir);
+    std::fs::remove_dir_all(&cfg_dir).ok();
+    let file = written.with_context(|| format!("writing {}", a.output.display()))?;
+    println!("{} ({} weights) -> {}", a.model, enc.trainable().len(), file.display());
+    Ok(())
+}
+
+#[derive(Args, Debug)]
 pub struct BenchTrainStepArgs {
     /// MiniLM folder (default: $SENER_MINILM_DIR).
     #[arg(long)]
@@ -207,12 +234,20 @@ pub(crate) fn random_shape(model: &str) -> Result<serde_json::Value> {
 }
 
 /// The encoder a benchmark names: `minilm` loads the real all-MiniLM-L6-v2 (`--minilm` or
-/// `$SENER_MINILM_DIR`), the other names are random weights in that shape ([`random_shape`]).
-/// `trainable`: every weight a variable (full fine-tuning).
+/// `$SENER_MINILM_DIR`), a model folder (one with a `config.json`, e.g. from `sener bench
+/// random-model`) loads as `sener extract` would, the other names are random weights in that
+/// shape ([`random_shape`]). `trainable`: every weight a variable (full fine-tuning).
 pub(crate) fn bench_encoder(model: &str, minilm: &Option<PathBuf>, opts: &EncoderOptions, trainable: bool) -> Result<Encoder> {
-    if model == "minilm" {
-        let dir = minilm_dir(minilm).context("minilm needs --minilm or $SENER_MINILM_DIR (the all-MiniLM-L6-v2 folder)")?;
-        return Ok(if trainable { Encoder::load_trainable(&dir, opts)? } else { Encoder::load(&dir, opts)? });
+    let folder = if model == "minilm" {
+        Some(minilm_dir(minilm).context("minilm needs --minilm or $SENER_MINILM_DIR (the all-MiniLM-L6-v2 folder)")?)
+    } else if std::path::Path::new(model).join("config.json").is_file() {
+        Some(PathBuf::from(model))
+    } else {
+        None
+    };
+    if let Some(dir) = folder {
+        let load = if trainable { Encoder::load_trainable(&dir, opts) } else { Encoder::load(&dir, opts) };
+        return load.with_context(|| format!("loading {}", dir.display()));
     }
     let shape = random_shape(model)?;
     Ok(if trainable { Encoder::random_trainable(shape, opts, 0)? } else { Encoder::random(shape, opts, 0)? })

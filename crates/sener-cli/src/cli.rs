@@ -94,6 +94,9 @@ pub enum BenchCommand {
     /// The collective operations of data-parallel training (MPI on the CPU, NCCL on GPUs),
     /// checked and timed on the ranks of `mpirun -np N sener bench collective`.
     Collective(crate::bench_collective::BenchCollectiveArgs),
+    /// Writes a model folder with random weights in a published shape (deberta-v3-base, …),
+    /// for `bench model --models FOLDER`: the model then loads from a file as `sener extract` does.
+    RandomModel(crate::bench::BenchRandomModelArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -120,6 +123,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Matmul(a)) => crate::bench_matmul::run(a),
         Command::Bench(BenchCommand::Dtype(a)) => crate::bench_dtype::run(a),
         Command::Bench(BenchCommand::Collective(a)) => crate::bench_collective::run(a),
+        Command::Bench(BenchCommand::RandomModel(a)) => crate::bench::run_random_model(a),
         Command::Serve(a) => crate::serve::run(a),
     }
 }

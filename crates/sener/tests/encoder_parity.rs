@@ -56,6 +56,12 @@ fn deberta_v3_matches_transformers_full_attention() {
     // HF DeBERTa zeroes the attention of padding queries as we do: compare every position.
     let diff = max_diff(&got, &e.hidden, None);
     assert!(diff <= 1e-4, "max abs diff {diff}");
+    // These numbers came through the word embeddings read in place (a frozen f32 table of a
+    // safetensors file on the CPU); a trainable encoder holds them as a variable instead.
+    assert!(enc.word_embeddings_in_file());
+    let trainable = Encoder::load_trainable(&fixture("deberta_v3_tiny"), &EncoderOptions { arrow: ArrowConfig::full(), ..EncoderOptions::default() }).unwrap();
+    assert!(!trainable.word_embeddings_in_file());
+    assert!(max_diff(&forward(&trainable, &e), &e.hidden, None) <= 1e-4);
     // The differentiable op set (training path) gives the same numbers.
     let got = enc.forward(&e.ids, &e.mask, &mut ForwardCtx::grad_only()).unwrap();
     assert!(max_diff(&got, &e.hidden, None) <= 1e-4);
@@ -67,6 +73,7 @@ fn deberta_v2_pickle_no_shared_key_matches_transformers() {
     let e = expected("deberta_v2_tiny_bin");
     let diff = max_diff(&forward(&enc, &e), &e.hidden, None);
     assert!(diff <= 1e-4, "max abs diff {diff}");
+    assert!(!enc.word_embeddings_in_file(), "a pickle file is loaded whole");
 }
 
 #[test]
@@ -77,6 +84,7 @@ fn bert_matches_transformers_on_valid_tokens() {
     // Stock BERT lets padding queries attend; sener does not. Compare the real tokens.
     let diff = max_diff(&forward(&enc, &e), &e.hidden, Some(&e.mask));
     assert!(diff <= 1e-4, "max abs diff {diff}");
+    assert!(enc.word_embeddings_in_file());
 }
 
 #[test]

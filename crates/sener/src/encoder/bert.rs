@@ -21,7 +21,7 @@ use super::arrow_attention::{arrow_attention, ArrowConfig, ArrowMask};
 use super::block::{extended_position_ids, merge_heads, split_heads, LayerTail};
 use super::lora::{LoraConfig, LoraLinear};
 use super::LayerShared;
-use crate::nn::{embed, mask_to_host, Activation, ForwardCtx, LayerNorm};
+use crate::nn::{mask_to_host, Activation, ForwardCtx, LayerNorm};
 use crate::{Error, Result};
 
 /// `config.json` of a BERT checkpoint; field names and defaults as in HF `BertConfig`.
@@ -80,7 +80,7 @@ struct Layer {
 /// BERT encoder with arrow attention.
 pub struct BertModel {
     pub config: BertConfig,
-    word: Tensor,
+    word: super::word_table::WordTable,
     position: Tensor,
     token_type: Option<Tensor>,
     norm: LayerNorm,
@@ -92,7 +92,8 @@ pub struct BertModel {
 
 impl BertModel {
     /// Loads from a `VarBuilder` rooted at the base model (no `bert.` prefix).
-    pub fn load(vb: VarBuilder, config: BertConfig, path: &Path, arrow: ArrowConfig) -> Result<Self> {
+    /// `word`: the word embeddings (`embeddings.word_embeddings.weight`, see `Encoder::build`).
+    pub fn load(vb: VarBuilder, config: BertConfig, path: &Path, arrow: ArrowConfig, word: super::word_table::WordTable) -> Result<Self> {
         config.validate(path)?;
         let c = &config;
         let hd = c.hidden_size;
@@ -111,7 +112,7 @@ impl BertModel {
             });
         }
         Ok(Self {
-            word: e.get((c.vocab_size, hd), "word_embeddings.weight")?,
+            word,
             position: e.get((c.max_position_embeddings, hd), "position_embeddings.weight")?,
             token_type: if c.type_vocab_size > 0 {
                 Some(e.get((c.type_vocab_size, hd), "token_type_embeddings.weight")?)
@@ -142,7 +143,7 @@ impl BertModel {
         let c = &self.config;
         let scale = 1.0 / ((c.hidden_size / c.num_attention_heads) as f64).sqrt();
         let pos = Tensor::from_vec(extended_position_ids(t, self.position.dim(0)?), t, ids.device())?;
-        let mut x = embed(&ctx.weight(&self.word), ids)?.broadcast_add(&ctx.weight(&self.position).index_select(&pos, 0)?)?;
+        let mut x = self.word.embed(ids, ctx)?.broadcast_add(&ctx.weight(&self.position).index_select(&pos, 0)?)?;
         if let Some(tt) = &self.token_type {
             x = x.broadcast_add(&ctx.weight(tt).narrow(0, 0, 1)?)?;
         }
@@ -163,12 +164,16 @@ impl BertModel {
         l.tail.forward(&merge_heads(&a)?, x, ctx)
     }
 
+    pub(crate) fn word_table(&self) -> &super::word_table::WordTable {
+        &self.word
+    }
+
     pub fn device(&self) -> candle_core::Device {
-        self.word.device().clone()
+        self.position.device().clone()
     }
 
     pub fn dtype(&self) -> candle_core::DType {
-        self.word.dtype()
+        self.position.dtype()
     }
 
     /// Every linear layer that can carry an adapter, per layer: query, key, value, attention

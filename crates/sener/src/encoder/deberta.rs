@@ -25,7 +25,7 @@ use super::block::{extended_position_ids, merge_heads, split_heads, LayerTail};
 use super::lora::{LoraConfig, LoraLinear};
 use super::relative_position::RelativeIndex;
 use super::LayerShared;
-use crate::nn::{embed, mask_to_host, Activation, ForwardCtx, LayerNorm, Linear};
+use crate::nn::{mask_to_host, Activation, ForwardCtx, LayerNorm, Linear};
 use crate::{Error, Result};
 
 /// `config.json` of a DeBERTa-v2/v3 checkpoint; field names and defaults as in HF
@@ -134,7 +134,7 @@ impl DebertaV2Config {
 }
 
 struct Embeddings {
-    word: Tensor,
+    word: super::word_table::WordTable,
     position: Option<Tensor>,
     token_type: Option<Tensor>,
     embed_proj: Option<Linear>,
@@ -143,10 +143,10 @@ struct Embeddings {
 }
 
 impl Embeddings {
-    fn load(vb: VarBuilder, c: &DebertaV2Config) -> Result<Self> {
+    fn load(vb: VarBuilder, c: &DebertaV2Config, word: super::word_table::WordTable) -> Result<Self> {
         let e = c.embedding_size.unwrap_or(c.hidden_size);
         Ok(Self {
-            word: vb.get((c.vocab_size, e), "word_embeddings.weight")?,
+            word,
             position: if c.position_biased_input {
                 Some(vb.get((c.max_position_embeddings, e), "position_embeddings.weight")?)
             } else {
@@ -165,7 +165,7 @@ impl Embeddings {
 
     fn forward(&self, ids: &Tensor, mask: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
-        let mut x = embed(&ctx.weight(&self.word), ids)?;
+        let mut x = self.word.embed(ids, ctx)?;
         if let Some(pos) = &self.position {
             let p = Tensor::from_vec(extended_position_ids(t, pos.dim(0)?), t, ids.device())?;
             x = x.broadcast_add(&ctx.weight(pos).index_select(&p, 0)?)?;
@@ -210,7 +210,8 @@ pub struct DebertaV2Model {
 
 impl DebertaV2Model {
     /// Loads from a `VarBuilder` rooted at the base model (no `deberta.` prefix).
-    pub fn load(vb: VarBuilder, config: DebertaV2Config, path: &Path, arrow: ArrowConfig) -> Result<Self> {
+    /// `word`: the word embeddings (`embeddings.word_embeddings.weight`, see `Encoder::build`).
+    pub fn load(vb: VarBuilder, config: DebertaV2Config, path: &Path, arrow: ArrowConfig, word: super::word_table::WordTable) -> Result<Self> {
         config.validate(path)?;
         let c = &config;
         let (hd, eps, drop) = (c.hidden_size, c.layer_norm_eps, c.hidden_dropout_prob);
@@ -251,7 +252,7 @@ impl DebertaV2Model {
             _ => None,
         };
         Ok(Self {
-            embeddings: Embeddings::load(vb.pp("embeddings"), c)?,
+            embeddings: Embeddings::load(vb.pp("embeddings"), c, word)?,
             layers,
             rel_embeddings,
             rel_norm,
@@ -327,12 +328,16 @@ impl DebertaV2Model {
         layer.tail.forward(&merge_heads(&ctx_layer)?, x, ctx)
     }
 
+    pub(crate) fn word_table(&self) -> &super::word_table::WordTable {
+        &self.embeddings.word
+    }
+
     pub fn device(&self) -> candle_core::Device {
-        self.embeddings.word.device().clone()
+        self.embeddings.norm.weight.device().clone()
     }
 
     pub fn dtype(&self) -> candle_core::DType {
-        self.embeddings.word.dtype()
+        self.embeddings.norm.weight.dtype()
     }
 
     /// Every linear layer that can carry an adapter, per layer: query, key, value, attention

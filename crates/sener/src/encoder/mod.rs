@@ -9,6 +9,7 @@ pub mod block;
 pub mod deberta;
 pub mod lora;
 pub mod relative_position;
+pub mod word_table;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -77,8 +78,16 @@ impl Encoder {
         let wpath = files.display_path();
         let vb = files.var_builder(opts.dtype, &opts.device)?;
         let cfg_path = dir.join("config.json");
-        let built =
-            if trainable { Self::trainable_from_config(raw, vb, &cfg_path, opts) } else { Self::from_config(raw, vb, &cfg_path, opts) };
+        let built = if trainable {
+            Self::trainable_from_config(raw, vb, &cfg_path, opts)
+        } else {
+            // A frozen f32 table on the CPU is read in place from the file (see `word_table`).
+            let in_file = match &files {
+                WeightFiles::Safetensors(f) if opts.device.is_cpu() && opts.dtype == candle_core::DType::F32 => Some(f.as_slice()),
+                _ => None,
+            };
+            Self::build(raw, vb, &cfg_path, opts, in_file)
+        };
         built.map_err(|e| match e {
             Error::Candle(c) => Error::Weight { path: wpath.clone(), name: String::new(), message: c.to_string() },
             other => other,
@@ -163,18 +172,33 @@ impl Encoder {
         cfg_path: &Path,
         opts: &EncoderOptions,
     ) -> Result<Self> {
+        Self::build(raw, vb, cfg_path, opts, None)
+    }
+
+    /// [`Self::from_config`]; with `in_file`, the word embeddings are read in place from those
+    /// safetensors files when one holds them in a type it can widen ([`word_table`]).
+    fn build(
+        raw: serde_json::Value,
+        vb: candle_nn::VarBuilder<'static>,
+        cfg_path: &Path,
+        opts: &EncoderOptions,
+        in_file: Option<&[std::path::PathBuf]>,
+    ) -> Result<Self> {
         let json_err = |e: serde_json::Error| Error::Json { path: cfg_path.to_path_buf(), message: e.to_string() };
         let model_type = raw.get("model_type").and_then(|v| v.as_str()).map(str::to_string);
         match model_type.as_deref() {
             Some("deberta-v2") => {
                 let cfg: deberta::DebertaV2Config = serde_json::from_value(raw).map_err(json_err)?;
                 let vb = base_model_builder(vb, "deberta", "embeddings.word_embeddings.weight");
-                Ok(Self::Deberta(deberta::DebertaV2Model::load(vb, cfg, cfg_path, opts.arrow.clone())?))
+                let e = cfg.embedding_size.unwrap_or(cfg.hidden_size);
+                let word = word_table(&vb, in_file, cfg.vocab_size, e)?;
+                Ok(Self::Deberta(deberta::DebertaV2Model::load(vb, cfg, cfg_path, opts.arrow.clone(), word)?))
             }
             Some("bert") => {
                 let cfg: bert::BertConfig = serde_json::from_value(raw).map_err(json_err)?;
                 let vb = base_model_builder(vb, "bert", "embeddings.word_embeddings.weight");
-                Ok(Self::Bert(bert::BertModel::load(vb, cfg, cfg_path, opts.arrow.clone())?))
+                let word = word_table(&vb, in_file, cfg.vocab_size, cfg.hidden_size)?;
+                Ok(Self::Bert(bert::BertModel::load(vb, cfg, cfg_path, opts.arrow.clone(), word)?))
             }
             Some(other) => Err(Error::model(
                 cfg_path,
@@ -210,6 +234,15 @@ impl Encoder {
             Self::Deberta(m) => m.config.num_attention_heads,
             Self::Bert(m) => m.config.num_attention_heads,
         }
+    }
+
+    /// Whether the word embeddings are read in place from the weight file ([`word_table`]).
+    pub fn word_embeddings_in_file(&self) -> bool {
+        let w = match self {
+            Self::Deberta(m) => m.word_table(),
+            Self::Bert(m) => m.word_table(),
+        };
+        matches!(w, word_table::WordTable::InFile(_))
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -461,6 +494,20 @@ fn is_weight_file(name: &str) -> bool {
 }
 
 /// `config.json` values of published encoder shapes, for random models in benchmarks.
+/// The word embeddings of a model being built: read in place from `files` when given and one
+/// holds them ([`word_table::FileRows`]), loaded through `vb` otherwise.
+fn word_table(vb: &candle_nn::VarBuilder<'static>, files: Option<&[std::path::PathBuf]>, vocab: usize, width: usize) -> Result<word_table::WordTable> {
+    let name = "embeddings.word_embeddings.weight";
+    if let Some(files) = files {
+        let prefix = vb.prefix();
+        let full = if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") };
+        if let Some(m) = word_table::FileRows::find(files, &full, vocab, width)? {
+            return Ok(word_table::WordTable::InFile(m));
+        }
+    }
+    Ok(word_table::WordTable::Owned(vb.get((vocab, width), name)?))
+}
+
 pub mod presets {
     /// microsoft/deberta-v3-base.
     pub fn deberta_v3_base() -> serde_json::Value {
