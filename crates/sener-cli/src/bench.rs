@@ -225,6 +225,12 @@ fn minilm_dir(arg: &Option<PathBuf>) -> Option<PathBuf> {
 /// `config.json` of a random-weight benchmark shape: deberta-v3-base, deberta-v3-large or
 /// minilm-shape (all-MiniLM-L6-v2's shape).
 pub(crate) fn random_shape(model: &str) -> Result<serde_json::Value> {
+    let cfg = std::path::Path::new(model).join("config.json");
+    if cfg.is_file() {
+        // a model folder: its own config
+        let text = std::fs::read_to_string(&cfg).with_context(|| format!("reading {}", cfg.display()))?;
+        return serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", cfg.display()));
+    }
     Ok(match model {
         "deberta-v3-base" => presets::deberta_v3_base(),
         "deberta-v3-large" => presets::deberta_v3_large(),
