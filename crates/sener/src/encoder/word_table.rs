@@ -117,7 +117,6 @@ impl FileRows {
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let ids: Vec<u32> = ids.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
-        use std::os::unix::fs::FileExt;
         let row_bytes = self.cols * self.elem.size();
         let mut out = vec![0f32; ids.len() * self.cols];
         let mut src = vec![0u8; row_bytes];
@@ -126,7 +125,7 @@ impl FileRows {
             if id >= self.rows {
                 return Err(Error::Input(format!("token id {id} is past the {} rows of the word embeddings in {}", self.rows, self.path.display())));
             }
-            self.file.read_exact_at(&mut src, self.start + (id * row_bytes) as u64).map_err(|e| Error::io(&self.path, e))?;
+            read_at(&self.file, &mut src, self.start + (id * row_bytes) as u64).map_err(|e| Error::io(&self.path, e))?;
             match self.elem {
                 Elem::F32 => dst.iter_mut().zip(src.chunks_exact(4)).for_each(|(d, s)| *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]])),
                 Elem::F16 => dst.iter_mut().zip(src.chunks_exact(2)).for_each(|(d, s)| *d = half::f16::from_le_bytes([s[0], s[1]]).to_f32()),
@@ -140,6 +139,29 @@ impl FileRows {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Fills `buf` from `file` at byte `offset` (`pread`; no shared file position, so concurrent
+/// lookups from several threads are safe).
+#[cfg(unix)]
+fn read_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(buf, offset)
+}
+
+#[cfg(windows)]
+fn read_at(file: &std::fs::File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
