@@ -741,7 +741,7 @@ impl candle_core::CustomOp1 for Bf16Linear {
         if k != self.packed.k {
             candle_core::bail!("bf16-linear: {k} input features for a weight of {}", self.packed.k)
         }
-        let mut out = vec![0f32; m * self.packed.n];
+        let mut out = crate::nn::uninit_f32(m * self.packed.n); // matmul_t stores every element
         matmul_t(self.kernel, x, m, &self.packed, None, &mut out);
         Ok((candle_core::CpuStorage::F32(out), candle_core::Shape::from((m, self.packed.n))))
     }
@@ -755,7 +755,7 @@ impl candle_core::CustomOp1 for Bf16Linear {
         let Some(t) = self.transposed.get() else { candle_core::bail!("bf16-linear: transposed weight missing") };
         let (m, n) = grad.dims2()?;
         let g: Vec<f32> = grad.contiguous()?.flatten_all()?.to_vec1()?;
-        let mut dx = vec![0f32; m * t.n];
+        let mut dx = crate::nn::uninit_f32(m * t.n); // matmul_t stores every element
         debug_assert_eq!(n, t.k);
         matmul_t(self.kernel, &g, m, t, None, &mut dx);
         Ok(Some(candle_core::Tensor::from_vec(dx, (m, t.n), grad.device())?))

@@ -166,7 +166,8 @@ fn lora_round_trip(targets: &[&str], per_layer: usize) {
 
     // Everything the steps changed lives in the trainable tensors: a fresh copy of the base plus
     // the saved adapter reproduces the trained model.
-    let dir = std::env::temp_dir().join(format!("sener-lora-test-{}", std::process::id()));
+    // one folder per test: the two round-trip tests run in parallel in this process
+    let dir = std::env::temp_dir().join(format!("sener-lora-test-{}-{}", std::process::id(), targets.join("-")));
     enc.save_adapter(&dir, &cfg).unwrap();
     let mut fresh = load("deberta_v3_tiny", ArrowConfig { window: 8, ..ArrowConfig::default() });
     let report = fresh.load_adapter(&dir, None).unwrap();

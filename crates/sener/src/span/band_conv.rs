@@ -67,7 +67,8 @@ pub fn forward_amx(x: &[f32], w: &[f32], b: usize, n: usize, kk: usize, ci: usiz
                 *v = to_bf16(w[(o * ci + a) * 9 + t]);
             }
         }
-        let mut y = vec![0f32; b * n * kk * co];
+        // every cell: each (k0, op) block copies its rows and columns in
+        let mut y = crate::nn::uninit_f32(b * n * kk * co);
         y.par_chunks_mut(kk * co).enumerate().for_each_init(
             || (amx_tiles(), vec![std::ptr::null::<u16>(); steps], [0f32; 1024]),
             |(tiles, list, tmp), (row, yr)| {

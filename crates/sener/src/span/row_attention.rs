@@ -196,7 +196,7 @@ impl CustomOp3 for RowAttention {
         }
         let (q, k, v) = (cpu_f32(s1, l1, "row attention")?, cpu_f32(s2, l2, "row attention")?, cpu_f32(s3, l3, "row attention")?);
         let n = kk * c;
-        let mut out = vec![0f32; r * n];
+        let mut out = crate::nn::uninit_f32(r * n); // each row: one gemm that stores (no accumulation)
         out.par_chunks_mut(n).enumerate().for_each_init(
             || (vec![0f32; kk * kk], vec![0f32; kk * kk], vec![0f32; kk * kk], vec![0f32; if self.dropout > 0.0 { kk * kk } else { 0 }]),
             |(raw, a, p, dm), (row, o)| {
@@ -325,7 +325,7 @@ impl CustomOp3 for ProjectedRowAttention {
         }
         let (x, w, bias) = (cpu_f32(s1, l1, "row attention")?, cpu_f32(s2, l2, "row attention")?, cpu_f32(s3, l3, "row attention")?);
         let n = kk * c;
-        let mut out = vec![0f32; r * n];
+        let mut out = crate::nn::uninit_f32(r * n); // each row: one product that stores (no accumulation)
         match self.bf16.filter(|_| self.attn.dropout == 0.0) {
             Some(kernel) => {
                 use crate::gemm_bf16::{amx_tiles, matmul_t_serial, SerialScratch};
