@@ -8,10 +8,12 @@
 #   4. a one-rank NCCL smoke test (`sener bench collective --device cuda` with the cuda,nccl
 #      build; skipped, with the reason, where libnccl.so.2 or the MPI runtime is missing).
 # Staging here (see README.md): gpu/sener.xz, gpu/sener-nccl.xz, gpu/minilm16/ (config,
-# tokenizer, f16 weights from half.py), gpu/sx/dev.jsonl. Results and the table under $OUT.
+# tokenizer, f16 weights from half.py), gpu/sx/dev.jsonl.xz. Results and the table under $OUT.
 cd "$(dirname "$0")/../.." && . tools/gpu/env.sh
 N=/root/sener-nccl
 if [ ! -x "$N" ] && [ -f gpu/sener-nccl.xz ]; then xz -dc gpu/sener-nccl.xz > "$N" 2>/dev/null || python3 -c "import lzma,sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())" gpu/sener-nccl.xz > "$N"; chmod +x "$N"; fi
+DEV=/root/sx-dev.jsonl
+xz -dc gpu/sx/dev.jsonl.xz > "$DEV" 2>/dev/null || python3 -c "import lzma,sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())" gpu/sx/dev.jsonl.xz > "$DEV"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 t() { local s=$1; shift; echo "+ $*" >&2; timeout "$s" "$@"; }
 
@@ -20,7 +22,7 @@ t 170 "$S" bench train-step --model deberta-v3-large --device cuda --lengths 512
   --kernels generic --json "$OUT/large-generic.json" 2>&1 | tee "$OUT/large-generic.md"
 
 # 2. short real training on Scholar-XL dev (20 % held out)
-t 260 "$S" train --device cuda --train gpu/sx/dev.jsonl --holdout 0.2 --base gpu/minilm16 --output /root/check-model \
+t 260 "$S" train --device cuda --train "$DEV" --holdout 0.2 --base gpu/minilm16 --output /root/check-model \
   --max-time 150s --checkpoint-every 0 --metrics-log "$OUT/train.metrics.jsonl" > "$OUT/train.log" 2>&1
 tail -25 "$OUT/train.log"
 
