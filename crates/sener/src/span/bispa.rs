@@ -55,13 +55,6 @@ fn cat_rows(mut parts: Vec<Tensor>) -> Result<Tensor> {
     Ok(if parts.len() == 1 { parts.remove(0) } else { Tensor::cat(&parts, 1)? })
 }
 
-/// A leaf's gradient in `store`, zeros when the output did not reach it.
-fn grad_or_zeros(store: &GradStore, leaf: &Var) -> Result<Tensor> {
-    Ok(match store.get(leaf.as_tensor()) {
-        Some(g) => g.detach(),
-        None => leaf.as_tensor().zeros_like()?,
-    })
-}
 
 /// RoFormer sinusoidal rotary table for positions 0..len, dim c: (sin, cos) each `[len, c]`
 /// with every frequency repeated for its interleaved pair.
@@ -263,13 +256,13 @@ impl BiSpaBlock {
             let out = self.attend_rows(pc.as_tensor(), vc.as_tensor(), &valid.narrow(1, s, len)?, rope, ctx)?;
             let store = (out * g.narrow(1, s, len)?.detach())?.sum_all()?.backward()?;
             sink(&store)?;
-            g_pre.push(grad_or_zeros(&store, &pc)?);
-            g_pre_v.push(grad_or_zeros(&store, &vc)?);
+            g_pre.push(crate::train::recompute::grad_of(&store, &pc)?);
+            g_pre_v.push(crate::train::recompute::grad_of(&store, &vc)?);
         }
         let (g_pre, g_pre_v) = (cat_rows(g_pre)?, cat_rows(g_pre_v)?);
         let store = ((pre * g_pre)?.sum_all()? + (pre_v * g_pre_v)?.sum_all()?)?.backward()?;
         sink(&store)?;
-        grad_or_zeros(&store, &leaf)
+        crate::train::recompute::grad_of(&store, &leaf)
     }
 
     /// Gradient of `Σ convolve(y) · g` at `y`, one row chunk at a time (see
@@ -292,7 +285,7 @@ impl BiSpaBlock {
             let out = self.convolve_rows(leaf.as_tensor(), &valid.narrow(1, lo, hi - lo)?, s - lo, len, ctx)?;
             let store = (out * g.narrow(1, s, len)?.detach())?.sum_all()?.backward()?;
             sink(&store)?;
-            pieces.push((lo, grad_or_zeros(&store, &leaf)?));
+            pieces.push((lo, crate::train::recompute::grad_of(&store, &leaf)?));
         }
         // Row chunk [s, s + len) of the gradient: the sum of every run's gradient over it.
         let mut rows = Vec::with_capacity(chunks.len());

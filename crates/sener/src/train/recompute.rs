@@ -242,7 +242,8 @@ fn mem_mark(stage: &str) {
     }
 }
 
-fn grad_of(store: &GradStore, leaf: &Var) -> Result<Tensor> {
+/// A leaf's gradient in `store`, zeros when the output did not reach it.
+pub(crate) fn grad_of(store: &GradStore, leaf: &Var) -> Result<Tensor> {
     match store.get(leaf.as_tensor()) {
         Some(g) => Ok(g.detach()),
         None => Ok(leaf.as_tensor().zeros_like()?),
