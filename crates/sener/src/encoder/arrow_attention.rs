@@ -182,8 +182,13 @@ pub fn arrow_attention(
     dropout: f32,
     ctx: &mut ForwardCtx,
 ) -> Result<Tensor> {
-    if !ctx.grad && !ctx.train && ctx.fused(q) {
-        return super::arrow_attention_cpu::arrow_attention_cpu(q, k, v, mask, rel, scale);
+    if ctx.fused(q) {
+        if !ctx.grad && !ctx.train {
+            return super::arrow_attention_cpu::arrow_attention_cpu(q, k, v, mask, rel, scale);
+        }
+        let dropout = if ctx.train { dropout } else { 0.0 };
+        let seed = if dropout > 0.0 { ctx.next_seed() } else { 0 };
+        return super::arrow_attention_cpu::arrow_attention_fused(q, k, v, mask, rel, scale, dropout, seed);
     }
     arrow_attention_composite(q, k, v, mask, rel, scale, dropout, ctx)
 }

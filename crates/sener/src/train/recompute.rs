@@ -201,6 +201,7 @@ fn staged(model: &Sener, batch: &Batch, labels: &Tensor, scale: f64, pos_weight:
             let out = enc.layer(0, &hs[0], shared, ctx)?;
             let store = (out * g_h.detach())?.sum_all()?.backward()?;
             collect(&store, trainable, &mut grads)?;
+            mem_mark("backward: encoder layer 0");
             break;
         }
         g_h = stage_backward(&hs[i], &g_h, ctx, trainable, &mut grads, |x, ctx| enc.layer(i, x, shared, ctx))?;
@@ -232,12 +233,18 @@ fn stage_backward(
     grad_of(&store, &leaf)
 }
 
-/// Peak and current RSS since the last mark, as a debug event (per-stage memory of a step; run
-/// with `MIMALLOC_PURGE_DELAY=0` so that freed pages leave the RSS).
+/// Time, peak and current RSS since the last mark, as a debug event: the per-stage profile of a
+/// step (run with `MIMALLOC_PURGE_DELAY=0` so that freed pages leave the RSS).
 fn mem_mark(stage: &str) {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+    }
     if tracing::enabled!(tracing::Level::DEBUG) {
         let mib = |b: Option<u64>| b.map_or(0, |b| b >> 20);
-        tracing::debug!(stage, peak_mib = mib(crate::mem::peak_rss()), rss_mib = mib(crate::mem::current_rss()), "recompute stage memory");
+        let now = std::time::Instant::now();
+        // "start" opens a step: its time is that since the previous step's last stage.
+        let ms = LAST.with(|l| l.replace(Some(now))).map_or(0, |t| now.duration_since(t).as_millis() as u64);
+        tracing::debug!(stage, ms, peak_mib = mib(crate::mem::peak_rss()), rss_mib = mib(crate::mem::current_rss()), "recompute stage");
         crate::mem::reset_peak_rss();
     }
 }
