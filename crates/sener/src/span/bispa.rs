@@ -50,6 +50,15 @@ fn conv_reach(s: usize, len: usize, n: usize) -> (usize, usize) {
     (s.saturating_sub(CONV_REACH), (s + len + CONV_REACH).min(n))
 }
 
+/// Adds `g` to the gradient of `var` in `grads`.
+fn add_grad(grads: &mut Vec<(Var, Tensor)>, var: &Var, g: Tensor) -> Result<()> {
+    match grads.iter_mut().find(|(v, _)| v.as_tensor().id() == var.as_tensor().id()) {
+        Some((_, acc)) => *acc = (&*acc + g)?,
+        None => grads.push((var.clone(), g)),
+    }
+    Ok(())
+}
+
 /// Row chunks (axis 1) back into one tensor.
 fn cat_rows(mut parts: Vec<Tensor>) -> Result<Tensor> {
     Ok(if parts.len() == 1 { parts.remove(0) } else { Tensor::cat(&parts, 1)? })
@@ -246,6 +255,26 @@ impl BiSpaBlock {
         ctx: &mut ForwardCtx,
         sink: &mut dyn FnMut(&GradStore) -> Result<()>,
     ) -> Result<Tensor> {
+        if self.fused(x, ctx) {
+            let track = ctx.track;
+            ctx.track = false;
+            let r = self.attend_backward_fused(x, g, band, valid, rope, ctx);
+            ctx.track = track;
+            let (dx, grads) = r?;
+            // parameter gradients to the sink as a store: Σ p·dp differentiates to dp
+            let mut surrogate: Option<Tensor> = None;
+            for (var, gp) in &grads {
+                let term = (var.as_tensor() * gp)?.sum_all()?;
+                surrogate = Some(match surrogate {
+                    None => term,
+                    Some(s) => (s + term)?,
+                });
+            }
+            if let Some(s) = surrogate {
+                sink(&s.backward()?)?;
+            }
+            return Ok(dx);
+        }
         let leaf = Var::from_tensor(x)?;
         let (pre, pre_v) = self.attend_inputs(leaf.as_tensor(), band, ctx)?;
         let (pre_d, pre_vd) = (pre.detach(), pre_v.detach());
@@ -263,6 +292,128 @@ impl BiSpaBlock {
         let store = ((pre * g_pre)?.sum_all()? + (pre_v * g_pre_v)?.sum_all()?)?.backward()?;
         sink(&store)?;
         crate::train::recompute::grad_of(&store, &leaf)
+    }
+
+    /// [`Self::attend_backward`] on the fused path, by hand: every chunk is recomputed without
+    /// a graph, keeping its intermediates, and differentiated with the fused ops' own backward
+    /// passes (row attention, LayerNorm) and a few matrix products. candle's recorded backward
+    /// of the same chunk spent about as long in its gradient bookkeeping (`zeros_like` + `add`
+    /// for every op input, band-sized) as in the row attention itself. Called with the graph
+    /// off; returns the gradient at `x` and every parameter gradient.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_backward_fused(&self, x: &Tensor, g: &Tensor, band: Band, valid: &Tensor, rope: &(Tensor, Tensor), ctx: &mut ForwardCtx) -> Result<(Tensor, Vec<(Var, Tensor)>)> {
+        let (pre, pre_v) = self.attend_inputs(x, band, ctx)?;
+        let mut grads: Vec<(Var, Tensor)> = Vec::new();
+        let (mut g_pre, mut g_pre_v) = (Vec::new(), Vec::new());
+        for (s, len) in row_chunks(x.dim(1)?, self.attention_rows(x, ctx)?) {
+            let (gp, gpv) = self.attend_rows_backward(&pre.narrow(1, s, len)?, &pre_v.narrow(1, s, len)?, &valid.narrow(1, s, len)?, rope, &g.narrow(1, s, len)?, ctx, &mut grads)?;
+            g_pre.push(gp);
+            g_pre_v.push(gpv);
+        }
+        let (g_pre, g_pre_v) = (cat_rows(g_pre)?, cat_rows(g_pre_v)?);
+        let (dx, d_pos) = self.attend_inputs_backward(x, &g_pre, &g_pre_v, band)?;
+        add_grad(&mut grads, &self.pos_embed, d_pos)?;
+        Ok((dx, grads))
+    }
+
+    /// One chunk of [`Self::attend_backward_fused`]: [`Self::attend_rows`] on `pre`, `pre_v`
+    /// (drawing the same seeds and dropout mask, in the same order), then the gradients at
+    /// `pre` and `pre_v` from the output gradient `g`; parameter gradients are added to `grads`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_rows_backward(
+        &self,
+        pre: &Tensor,
+        pre_v: &Tensor,
+        valid: &Tensor,
+        rope: &(Tensor, Tensor),
+        g: &Tensor,
+        ctx: &mut ForwardCtx,
+        grads: &mut Vec<(Var, Tensor)>,
+    ) -> Result<(Tensor, Tensor)> {
+        use candle_core::CustomOp3;
+        let (b, rows, kk, c) = pre.dims4()?;
+        let cells = b * rows * kk;
+        // ---- forward, keeping the intermediates ----
+        let (op_h, xh, wh, bh) = self.projected(pre, &self.h_qkv, valid, rope, ctx)?;
+        let zh = xh.apply_op3_no_bwd(&wh, &bh, &op_h)?; // [B·rows, K, c]
+        let (op_v, xv, wv, bv) = self.projected(pre_v, &self.v_qkv, valid, rope, ctx)?;
+        let zv = xv.apply_op3_no_bwd(&wv, &bv, &op_v)?;
+        let cat = Tensor::cat(&[&zh, &zv], 2)?.reshape((b, rows, kk, 2 * c))?;
+        let d = self.dense.forward(&cat, ctx)?;
+        // the factor on `d`: dropout mask (the same draws as `ctx.dropout(&d)`) times the rows
+        // that have a valid cell
+        let row_has_valid = valid.max_keepdim(2)?.unsqueeze(3)?; // [B, rows, 1, 1]
+        let f = if ctx.train && self.dropout > 0.0 {
+            ctx.dropout(&d.ones_like()?, self.dropout)?.broadcast_mul(&row_has_valid)?
+        } else {
+            row_has_valid.broadcast_as(d.shape())?.contiguous()?
+        };
+        let u = (pre + (&d * &f)?)?.reshape((cells, c))?;
+        // ---- backward ----
+        let ln = crate::nn::LayerNormOp { eps: 1e-5 };
+        let (lw, lb) = (self.ln1.0.as_tensor().detach(), self.ln1.1.as_tensor().detach());
+        let g2 = g.contiguous()?.reshape((cells, c))?;
+        let (du, dlw, dlb) = ln.bwd(&u, &lw, &lb, &u, &g2)?;
+        let missing = || crate::Error::Input("a fused backward returned no gradient".into());
+        let du = du.ok_or_else(missing)?;
+        add_grad(grads, &self.ln1.0, dlw.ok_or_else(missing)?)?;
+        add_grad(grads, &self.ln1.1, dlb.ok_or_else(missing)?)?;
+        // d = cat · Wdᵀ + bd
+        let dd = (&du * f.reshape((cells, c))?)?;
+        let cat2 = cat.reshape((cells, 2 * c))?;
+        add_grad(grads, &self.dense.weight, dd.t()?.matmul(&cat2)?)?;
+        if let Some(bias) = &self.dense.bias {
+            add_grad(grads, bias, dd.sum(0)?)?;
+        }
+        let dcat = dd.matmul(&self.dense.weight.as_tensor().detach())?; // [cells, 2c]
+        let dz = |at: usize| -> Result<Tensor> { Ok(dcat.narrow(1, at, c)?.contiguous()?.reshape((b * rows, kk, c))?) };
+        let mut g_x = Vec::with_capacity(2);
+        for ((op, x3, w, bias, z), (lin, at)) in [(op_h, xh, wh, bh, zh), (op_v, xv, wv, bv, zv)].into_iter().zip([(&self.h_qkv, 0), (&self.v_qkv, c)]) {
+            let (dx, dw, db) = op.bwd(&x3, &w, &bias, &z, &dz(at)?)?;
+            add_grad(grads, &lin.weight, dw.ok_or_else(missing)?)?;
+            if let Some(bv) = &lin.bias {
+                add_grad(grads, bv, db.ok_or_else(missing)?)?;
+            }
+            g_x.push(dx.ok_or_else(missing)?.reshape((b, rows, kk, c))?);
+        }
+        let g_pre_v = g_x.pop().ok_or_else(missing)?;
+        let g_pre = (du.reshape((b, rows, kk, c))? + g_x.pop().ok_or_else(missing)?)?;
+        Ok((g_pre, g_pre_v))
+    }
+
+    /// Fused path: the gradients of `Σ x'·g_pre + Σ vᵀ(x')·g_pre_v` at `x` and at `pos_embed`
+    /// (`[2, c]`), with `x' = clamp(x, ±1000) + E_tri[k ≥ w]` ([`Self::attend_inputs`]). The
+    /// vertical view is its own transpose; the clamp passes the gradient strictly inside its
+    /// bounds, half of it at a bound (as candle's `maximum`/`minimum` do), none outside.
+    fn attend_inputs_backward(&self, x: &Tensor, g_pre: &Tensor, g_pre_v: &Tensor, band: Band) -> Result<(Tensor, Tensor)> {
+        use rayon::prelude::*;
+        let (b, n, kk, c) = x.dims4()?;
+        let g = (g_pre + band.vertical(g_pre_v)?)?.flatten_all()?.to_vec1::<f32>()?;
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let row = kk * c;
+        let mut dx = crate::nn::uninit_f32(b * n * row);
+        // per band row: its gradient at x (every element stored) and its [2, c] share of d_pos
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(row)
+            .zip(xs.par_chunks(row).zip(g.par_chunks(row)))
+            .map(|(d, (xr, gr))| {
+                let mut dp = vec![0f32; 2 * c];
+                for k in 0..kk {
+                    let side = &mut dp[(k >= band.w) as usize * c..][..c];
+                    for ch in 0..c {
+                        let (xv, gv) = (xr[k * c + ch], gr[k * c + ch]);
+                        side[ch] += gv;
+                        d[k * c + ch] = if xv.abs() < 1000.0 { gv } else if xv.abs() == 1000.0 { 0.5 * gv } else { 0.0 };
+                    }
+                }
+                dp
+            })
+            .collect();
+        let mut d_pos = vec![0f32; 2 * c];
+        for p in &partials {
+            d_pos.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+        }
+        Ok((Tensor::from_vec(dx, (b, n, kk, c), x.device())?, Tensor::from_vec(d_pos, (2, c), x.device())?))
     }
 
     /// Gradient of `Σ convolve(y) · g` at `y`, one row chunk at a time (see
@@ -357,6 +508,15 @@ impl BiSpaBlock {
 
     fn attention_fused(&self, x: &Tensor, qkv: &TrainLinear, valid: &Tensor, rope: &(Tensor, Tensor), ctx: &mut ForwardCtx) -> Result<Tensor> {
         let (b, n, kk, c) = x.dims4()?;
+        let (op, x3, w, bias) = self.projected(x, qkv, valid, rope, ctx)?;
+        Ok(x3.apply_op3(&w, &bias, op)?.reshape((b, n, kk, c))?)
+    }
+
+    /// The fused row attention of one direction for the band rows `x` `[B, n, K, c]`: the op
+    /// (its dropout seed drawn here), `x` as `[B·n, K, c]`, the projection's weight and bias
+    /// (zeros without one), as the op takes them.
+    fn projected(&self, x: &Tensor, qkv: &TrainLinear, valid: &Tensor, rope: &(Tensor, Tensor), ctx: &mut ForwardCtx) -> Result<(super::row_attention::ProjectedRowAttention, Tensor, Tensor, Tensor)> {
+        let (b, n, kk, c) = x.dims4()?;
         let mask: Vec<f32> = valid.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
         let dropout = if ctx.train { self.dropout } else { 0.0 };
         let seed = if dropout > 0.0 { ctx.next_seed() } else { 0 };
@@ -374,7 +534,7 @@ impl BiSpaBlock {
         };
         let w = ctx.param(&qkv.weight).contiguous()?;
         let x = x.contiguous()?.reshape((b * n, kk, c))?;
-        Ok(x.apply_op3(&w, &bias.contiguous()?, op)?.reshape((b, n, kk, c))?)
+        Ok((op, x, w, bias.contiguous()?))
     }
 
     fn attention_composite(&self, x: &Tensor, qkv: &TrainLinear, valid: &Tensor, rope: &(Tensor, Tensor), ctx: &mut ForwardCtx) -> Result<Tensor> {
