@@ -59,6 +59,23 @@ fn add_grad(grads: &mut Vec<(Var, Tensor)>, var: &Var, g: Tensor) -> Result<()> 
     Ok(())
 }
 
+/// Parameter gradients computed by hand, handed to `sink` as a gradient store: the backward
+/// pass of `Σ_p Σ p·dp` (with the parameters as tracked variables) gives exactly each `dp`.
+fn sink_grads(grads: &[(Var, Tensor)], sink: &mut dyn FnMut(&GradStore) -> Result<()>) -> Result<()> {
+    let mut surrogate: Option<Tensor> = None;
+    for (var, gp) in grads {
+        let term = (var.as_tensor() * gp)?.sum_all()?;
+        surrogate = Some(match surrogate {
+            None => term,
+            Some(s) => (s + term)?,
+        });
+    }
+    if let Some(s) = surrogate {
+        sink(&s.backward()?)?;
+    }
+    Ok(())
+}
+
 /// Row chunks (axis 1) back into one tensor.
 fn cat_rows(mut parts: Vec<Tensor>) -> Result<Tensor> {
     Ok(if parts.len() == 1 { parts.remove(0) } else { Tensor::cat(&parts, 1)? })
@@ -261,18 +278,7 @@ impl BiSpaBlock {
             let r = self.attend_backward_fused(x, g, band, valid, rope, ctx);
             ctx.track = track;
             let (dx, grads) = r?;
-            // parameter gradients to the sink as a store: Σ p·dp differentiates to dp
-            let mut surrogate: Option<Tensor> = None;
-            for (var, gp) in &grads {
-                let term = (var.as_tensor() * gp)?.sum_all()?;
-                surrogate = Some(match surrogate {
-                    None => term,
-                    Some(s) => (s + term)?,
-                });
-            }
-            if let Some(s) = surrogate {
-                sink(&s.backward()?)?;
-            }
+            sink_grads(&grads, sink)?;
             return Ok(dx);
         }
         let leaf = Var::from_tensor(x)?;
@@ -334,9 +340,12 @@ impl BiSpaBlock {
         let (b, rows, kk, c) = pre.dims4()?;
         let cells = b * rows * kk;
         // ---- forward, keeping the intermediates ----
-        let (op_h, xh, wh, bh) = self.projected(pre, &self.h_qkv, valid, rope, ctx)?;
+        // f32 products, as in a recorded pass (the graph is off here, which would pick bf16)
+        let (mut op_h, xh, wh, bh) = self.projected(pre, &self.h_qkv, valid, rope, ctx)?;
+        op_h.bf16 = None;
         let zh = xh.apply_op3_no_bwd(&wh, &bh, &op_h)?; // [B·rows, K, c]
-        let (op_v, xv, wv, bv) = self.projected(pre_v, &self.v_qkv, valid, rope, ctx)?;
+        let (mut op_v, xv, wv, bv) = self.projected(pre_v, &self.v_qkv, valid, rope, ctx)?;
+        op_v.bf16 = None;
         let zv = xv.apply_op3_no_bwd(&wv, &bv, &op_v)?;
         let cat = Tensor::cat(&[&zh, &zv], 2)?.reshape((b, rows, kk, 2 * c))?;
         let d = self.dense.forward(&cat, ctx)?;
@@ -379,6 +388,52 @@ impl BiSpaBlock {
         let g_pre_v = g_x.pop().ok_or_else(missing)?;
         let g_pre = (du.reshape((b, rows, kk, c))? + g_x.pop().ok_or_else(missing)?)?;
         Ok((g_pre, g_pre_v))
+    }
+
+    /// One chunk of [`Self::convolve_backward`] on the fused path, by hand: [`Self::convolve_rows`]
+    /// on the run `y` (drawing the same dropout mask), then the gradient at `y` from the output
+    /// rows' gradient `g` (rows `[at, at + len)` of the run); parameter gradients are added to
+    /// `grads`. Called with the graph off.
+    #[allow(clippy::too_many_arguments)]
+    fn convolve_rows_backward(&self, y: &Tensor, valid: &Tensor, at: usize, len: usize, g: &Tensor, ctx: &mut ForwardCtx, grads: &mut Vec<(Var, Tensor)>) -> Result<Tensor> {
+        use candle_core::{CustomOp1, CustomOp2, CustomOp3};
+        let (b, rows, kk, c) = y.dims4()?;
+        let conv = super::band_conv::BandConv3x3;
+        let (w1, w2) = (self.conv1.as_tensor().detach(), self.conv2.as_tensor().detach());
+        // ---- forward, keeping the intermediates ----
+        let valid4 = valid.unsqueeze(3)?;
+        let a = y.broadcast_mul(&valid4)?.contiguous()?;
+        let h1 = a.apply_op2_no_bwd(&w1, &conv)?;
+        let h1g = h1.apply_op1_no_bwd(&crate::nn::GeluErfOp)?;
+        let bb = h1g.broadcast_mul(&valid4)?.contiguous()?;
+        let h2 = bb.apply_op2_no_bwd(&w2, &conv)?.narrow(1, at, len)?;
+        let mask = if ctx.train && self.dropout > 0.0 { Some(ctx.dropout(&h2.ones_like()?, self.dropout)?) } else { None };
+        let h2d = match &mask {
+            Some(m) => (&h2 * m)?,
+            None => h2,
+        };
+        let cells = b * len * kk;
+        let u = (y.narrow(1, at, len)? + h2d)?.contiguous()?.reshape((cells, c))?;
+        // ---- backward ----
+        let missing = || crate::Error::Input("a fused backward returned no gradient".into());
+        let ln = crate::nn::LayerNormOp { eps: 1e-5 };
+        let (lw, lb) = (self.ln2.0.as_tensor().detach(), self.ln2.1.as_tensor().detach());
+        let (du, dlw, dlb) = ln.bwd(&u, &lw, &lb, &u, &g.contiguous()?.reshape((cells, c))?)?;
+        add_grad(grads, &self.ln2.0, dlw.ok_or_else(missing)?)?;
+        add_grad(grads, &self.ln2.1, dlb.ok_or_else(missing)?)?;
+        let du = du.ok_or_else(missing)?.reshape((b, len, kk, c))?;
+        let dh2 = match &mask {
+            Some(m) => (&du * m)?,
+            None => du.clone(),
+        };
+        let pad = |t: Tensor| -> Result<Tensor> { Ok(t.pad_with_zeros(1, at, rows - at - len)?.contiguous()?) };
+        let (dbb, dw2) = conv.bwd(&bb, &w2, &bb, &pad(dh2)?)?;
+        add_grad(grads, &self.conv2, dw2.ok_or_else(missing)?)?;
+        let dh1g = dbb.ok_or_else(missing)?.broadcast_mul(&valid4)?.contiguous()?;
+        let dh1 = crate::nn::GeluErfOp.bwd(&h1, &h1g, &dh1g)?.ok_or_else(missing)?;
+        let (da, dw1) = conv.bwd(&a, &w1, &a, &dh1.contiguous()?)?;
+        add_grad(grads, &self.conv1, dw1.ok_or_else(missing)?)?;
+        Ok((da.ok_or_else(missing)?.broadcast_mul(&valid4)? + pad(du)?)?)
     }
 
     /// Fused path: the gradients of `Σ x'·g_pre + Σ vᵀ(x')·g_pre_v` at `x` and at `pos_embed`
@@ -430,14 +485,26 @@ impl BiSpaBlock {
         let n = y.dim(1)?;
         let chunks = row_chunks(n, self.conv_rows(y)?);
         let mut pieces = Vec::with_capacity(chunks.len());
+        let fused = self.fused(y, ctx);
+        let mut grads: Vec<(Var, Tensor)> = Vec::new();
         for &(s, len) in &chunks {
             let (lo, hi) = conv_reach(s, len, n);
+            if fused {
+                // by hand, with the graph off (as the attention half: see `attend_backward_fused`)
+                let track = ctx.track;
+                ctx.track = false;
+                let r = self.convolve_rows_backward(&y.narrow(1, lo, hi - lo)?, &valid.narrow(1, lo, hi - lo)?, s - lo, len, &g.narrow(1, s, len)?, ctx, &mut grads);
+                ctx.track = track;
+                pieces.push((lo, r?));
+                continue;
+            }
             let leaf = Var::from_tensor(&y.narrow(1, lo, hi - lo)?)?;
             let out = self.convolve_rows(leaf.as_tensor(), &valid.narrow(1, lo, hi - lo)?, s - lo, len, ctx)?;
             let store = (out * g.narrow(1, s, len)?.detach())?.sum_all()?.backward()?;
             sink(&store)?;
             pieces.push((lo, crate::train::recompute::grad_of(&store, &leaf)?));
         }
+        sink_grads(&grads, sink)?;
         // Row chunk [s, s + len) of the gradient: the sum of every run's gradient over it.
         let mut rows = Vec::with_capacity(chunks.len());
         for &(s, len) in &chunks {
