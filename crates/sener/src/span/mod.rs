@@ -239,6 +239,44 @@ impl SpanModel {
         Ok(finite.where_cond(&logits, &logits.zeros_like()?)?)
     }
 
+    /// Recomputation's head stage on the fused path (f32, CPU), by hand: `scale ×` the loss of
+    /// [`Self::head`]`(x, s)` and the gradient at `x + s` (the same for `x` and for `s`); the
+    /// `down_fc` gradients go to `sink`. `None` elsewhere (the caller records a graph instead).
+    /// candle's recorded backward of the BCE's dozen band-sized ops cost more than the rest of
+    /// the stage together.
+    #[allow(clippy::too_many_arguments)]
+    pub fn head_loss_backward(
+        &self,
+        x: &Tensor,
+        s: &Tensor,
+        labels: &Tensor,
+        valid: &Tensor,
+        pos_weight: f64,
+        scale: f64,
+        ctx: &ForwardCtx,
+        sink: &mut dyn FnMut(&candle_core::backprop::GradStore) -> Result<()>,
+    ) -> Result<Option<(f64, Tensor)>> {
+        if !ctx.fused(x) {
+            return Ok(None);
+        }
+        let (b, n, kk, c) = x.dims4()?;
+        let z = (x + s)?.reshape((b * n * kk, c))?;
+        let w = self.down_fc.weight.as_tensor().detach(); // [R, c]
+        let r = w.dim(0)?;
+        let mut logits = z.matmul(&w.t()?)?;
+        if let Some(bias) = &self.down_fc.bias {
+            logits = logits.broadcast_add(&bias.as_tensor().detach())?;
+        }
+        let (loss, g) = loss::bce_loss_grad(&logits.reshape((b, n, kk, r))?, labels, valid, pos_weight, scale)?;
+        let g = g.reshape((b * n * kk, r))?;
+        let mut surrogate = (self.down_fc.weight.as_tensor() * g.t()?.matmul(&z)?)?.sum_all()?;
+        if let Some(bias) = &self.down_fc.bias {
+            surrogate = (surrogate + (bias.as_tensor() * g.sum(0)?)?.sum_all()?)?;
+        }
+        sink(&surrogate.backward()?)?;
+        Ok(Some((loss, g.matmul(&w)?.reshape((b, n, kk, c))?)))
+    }
+
     /// The official inference logits: invalid cells set to −1e-6.
     pub fn inference_logits(out: &SpanOutput) -> Result<Tensor> {
         let v = out.valid.unsqueeze(3)?;

@@ -151,7 +151,11 @@ fn staged(model: &Sener, batch: &Batch, labels: &Tensor, scale: f64, pos_weight:
     let mut grads = HashMap::new();
 
     // ---- 2. head + loss, graph on ----
-    let (loss, mut g_x, mut g_s) = {
+    let by_hand = span.head_loss_backward(&bands[depth], &bands[0], labels, &sshared.valid, pos_weight, scale, ctx, &mut |store| collect(store, trainable, &mut grads))?;
+    let (loss, mut g_x, mut g_s) = if let Some((loss, g)) = by_hand {
+        // (with no blocks x and s are one tensor: g_s + g_x below gives both terms)
+        (loss, g.clone(), g)
+    } else {
         let s_leaf = Var::from_tensor(&bands[0])?;
         let x_leaf = if depth == 0 { s_leaf.clone() } else { Var::from_tensor(&bands[depth])? };
         let logits = span.head(x_leaf.as_tensor(), s_leaf.as_tensor(), ctx)?;
