@@ -61,7 +61,7 @@ fn add_grad(grads: &mut Vec<(Var, Tensor)>, var: &Var, g: Tensor) -> Result<()> 
 
 /// Parameter gradients computed by hand, handed to `sink` as a gradient store: the backward
 /// pass of `Σ_p Σ p·dp` (with the parameters as tracked variables) gives exactly each `dp`.
-fn sink_grads(grads: &[(Var, Tensor)], sink: &mut dyn FnMut(&GradStore) -> Result<()>) -> Result<()> {
+pub(crate) fn sink_grads(grads: &[(Var, Tensor)], sink: &mut dyn FnMut(&GradStore) -> Result<()>) -> Result<()> {
     let mut surrogate: Option<Tensor> = None;
     for (var, gp) in grads {
         let term = (var.as_tensor() * gp)?.sum_all()?;

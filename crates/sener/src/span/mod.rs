@@ -177,6 +177,29 @@ impl SpanModel {
         self.biaffine.forward(words, shared.band, &shared.valid, ctx)
     }
 
+    /// Recomputation's biaffine stage on the fused path (f32, CPU), by hand
+    /// ([`biaffine::Biaffine::backward_fused`]): the gradient at the word vectors from the band
+    /// gradient `g`, parameter gradients to `sink`; `None` elsewhere (the caller records a graph).
+    pub fn biaffine_backward(
+        &self,
+        words: &Tensor,
+        g: &Tensor,
+        shared: &SpanShared,
+        ctx: &mut ForwardCtx,
+        sink: &mut dyn FnMut(&candle_core::backprop::GradStore) -> Result<()>,
+    ) -> Result<Option<Tensor>> {
+        if !ctx.fused(words) {
+            return Ok(None);
+        }
+        let track = ctx.track;
+        ctx.track = false;
+        let r = self.biaffine.backward_fused(words, shared.band, &shared.valid, g, ctx);
+        ctx.track = track;
+        let (dh, grads) = r?;
+        bispa::sink_grads(&grads, sink)?;
+        Ok(Some(dh))
+    }
+
     /// Number of BiSPA blocks.
     pub fn depth(&self) -> usize {
         self.blocks.len()

@@ -183,7 +183,11 @@ fn staged(model: &Sener, batch: &Batch, labels: &Tensor, scale: f64, pos_weight:
     g_s = (g_s + g_x)?;
     drop(bands);
     ctx.set_rng(biaffine_rng);
-    let g_words = stage_backward(&words, &g_s, ctx, trainable, &mut grads, |w, ctx| span.biaffine(w, &sshared, ctx))?;
+    let by_hand = span.biaffine_backward(&words, &g_s, &sshared, ctx, &mut |store| collect(store, trainable, &mut grads))?;
+    let g_words = match by_hand {
+        Some(g) => g,
+        None => stage_backward(&words, &g_s, ctx, trainable, &mut grads, |w, ctx| span.biaffine(w, &sshared, ctx))?,
+    };
     drop(g_s);
     mem_mark("backward: biaffine");
     let mut g_h = stage_backward(&hs[layers], &g_words, ctx, trainable, &mut grads, |h, _| pooling.forward(h))?;
