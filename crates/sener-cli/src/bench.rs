@@ -720,7 +720,7 @@ pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
     let mut ctx = ForwardCtx::train(0).with_kernels(a.kernels);
     let mut times = Vec::new();
     sener::mem::reset_peak_rss();
-    let recompute = a.recompute.applies(batch.ids.elem_count());
+    let recompute = a.recompute.applies(batch.ids.elem_count(), ctx.fused_on(&dev));
     for _ in 0..a.steps.max(1) {
         let t0 = Instant::now();
         let step = loss_and_grads(&model, &batch, &lab.labels, 1.0, 1.0, &mut ctx, recompute)?;

@@ -111,9 +111,9 @@ pub struct TrainArgs {
     /// model keeps them. [sener: on; paper: off]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub calibrate: Option<bool>,
-    /// Recompute activations in the backward pass instead of keeping them: auto (micro-batches of
-    /// 2,048 tokens or more), always or never. Costs about one more forward pass; cuts a 5,120-token
-    /// step's memory several-fold. [auto]
+    /// Recompute activations in the backward pass instead of keeping them: auto (always on the
+    /// CPU's fused path, where it is faster too; elsewhere micro-batches of 2,048 tokens or more),
+    /// always or never. Costs one more forward pass; cuts a step's memory several-fold. [auto]
     #[arg(long)]
     pub recompute: Option<Recompute>,
     /// Precision of the frozen encoder weights' products: f32, bf16 (bf16 inputs, f32

@@ -101,7 +101,12 @@ impl ForwardCtx {
 
     /// Whether a fused CPU f32 kernel may run on `x`: f32 on the CPU, and not [`Kernels::Generic`].
     pub fn fused(&self, x: &Tensor) -> bool {
-        self.kernels != Kernels::Generic && x.device().is_cpu() && x.dtype() == DType::F32
+        self.fused_on(x.device()) && x.dtype() == DType::F32
+    }
+
+    /// Whether f32 work on `device` takes the fused CPU kernels.
+    pub fn fused_on(&self, device: &Device) -> bool {
+        self.kernels != Kernels::Generic && device.is_cpu()
     }
 
     /// The RNG state, to save with a checkpoint.
@@ -135,9 +140,21 @@ impl ForwardCtx {
             let mask = (u.lt(keep as f64)?.to_dtype(DType::F32)? * scale as f64)?.to_dtype(xs.dtype())?;
             return Ok(xs.mul(&mask)?);
         }
+        // One seed from the context's RNG; element i is kept by a hash of (seed, i)
+        // (`span::row_attention::dropout_keep`), so the mask is drawn in parallel and the same on
+        // any thread count. (Drawing one f32 per element from the RNG on one core took ~3 % of a
+        // training step.)
+        let seed = self.rng.random::<u64>();
         let n = xs.elem_count();
-        let mask: Vec<f32> =
-            (0..n).map(|_| if self.rng.random::<f32>() < keep { scale } else { 0.0 }).collect();
+        let mut mask = uninit_f32(n);
+        const CHUNK: usize = 1 << 14;
+        use rayon::prelude::*;
+        mask.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, m)| {
+            // every element is stored
+            for (j, v) in m.iter_mut().enumerate() {
+                *v = if crate::span::row_attention::dropout_keep(seed, 0, 0, ci * CHUNK + j, 1, keep as f32) { scale as f32 } else { 0.0 };
+            }
+        });
         let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
         Ok(xs.mul(&mask)?)
     }

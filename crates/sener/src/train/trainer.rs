@@ -1091,7 +1091,7 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
             let gold: Vec<Vec<GoldSpan>> = idxs.iter().map(|&i| train_split.examples[i].gold.clone()).collect();
             let lab = band_labels(&gold, &batch.words, n, band, labels.len(), device)?;
             // Mean over the effective batch: each micro-batch loss (mean over its rows) / accum.
-            let recompute = cfg.recompute.applies(batch.ids.elem_count());
+            let recompute = cfg.recompute.applies(batch.ids.elem_count(), ctx.fused_on(device));
             let step = loss_and_grads(&model, &batch, &lab.labels, 1.0 / accum as f64, cfg.pos_weight, &mut ctx, recompute)?;
             acc_loss += step.loss;
             for (name, g) in step.grads {
