@@ -154,6 +154,17 @@ impl BertModel {
 
     /// Layer `i` on `x` `[B, T, hidden]`.
     pub fn layer(&self, i: usize, x: &Tensor, shared: &LayerShared, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let (attn, tail) = self.layer_attention(i, x, shared, ctx)?;
+        tail.forward(&attn, x, ctx)
+    }
+
+    /// Layer `i`'s tail (everything after the self-attention).
+    pub(crate) fn layer_tail(&self, i: usize) -> Result<&LayerTail> {
+        Ok(&self.layers.get(i).ok_or_else(|| Error::Input(format!("no layer {i}")))?.tail)
+    }
+
+    /// Layer `i` up to the merged heads of its self-attention `[B, T, hidden]`, and its tail.
+    pub(crate) fn layer_attention(&self, i: usize, x: &Tensor, shared: &LayerShared, ctx: &mut ForwardCtx) -> Result<(Tensor, &LayerTail)> {
         let c = &self.config;
         let heads = c.num_attention_heads;
         let l = self.layers.get(i).ok_or_else(|| Error::Input(format!("no layer {i}")))?;
@@ -161,7 +172,7 @@ impl BertModel {
         let k = split_heads(&l.key.forward(x, ctx)?, heads)?;
         let v = split_heads(&l.value.forward(x, ctx)?, heads)?;
         let a = arrow_attention(&q, &k, &v, &shared.mask, None, shared.scale, c.attention_probs_dropout_prob, ctx)?;
-        l.tail.forward(&merge_heads(&a)?, x, ctx)
+        Ok((merge_heads(&a)?, &l.tail))
     }
 
     pub(crate) fn word_table(&self) -> &super::word_table::WordTable {

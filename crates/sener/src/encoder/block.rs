@@ -69,6 +69,61 @@ impl LayerTail {
         let i = self.activation.forward_in(&self.intermediate.forward(&a, ctx)?, ctx)?;
         self.output.forward(&i, &a, ctx)
     }
+
+    /// Whether [`Self::backward_by_hand`] applies: exact GELU, f32 on the CPU's fused path
+    /// (fused LayerNorm and GELU ops), frozen base weights.
+    pub fn by_hand(&self, x: &Tensor, ctx: &ForwardCtx) -> bool {
+        self.activation == Activation::Gelu && ctx.fused(x) && !self.attention_output.norm.weight.is_variable() && !self.output.norm.weight.is_variable()
+    }
+
+    /// Recomputation's backward of the tail, by hand (`ctx.track` off): [`Self::forward`] again
+    /// with the same dropout draws, keeping its intermediates, then the gradients at `attn` and at
+    /// `x` (the residual) from the output gradient `g`, through the fused LayerNorm and GELU ops'
+    /// own backward passes; adapter gradients are added to `grads`. candle's recorded backward of
+    /// the same ops cost about three times their forward (a `zeros_like` and an `add` per op
+    /// input).
+    pub fn backward_by_hand(&self, attn: &Tensor, x: &Tensor, g: &Tensor, ctx: &mut ForwardCtx, grads: &mut Vec<(candle_core::Var, Tensor)>) -> Result<(Tensor, Tensor)> {
+        use candle_core::{CustomOp1, CustomOp3};
+        let hidden = x.dim(candle_core::D::Minus1)?;
+        let rows = x.elem_count() / hidden.max(1);
+        let missing = || crate::Error::Input("a fused backward returned no gradient".into());
+        let ln = |r: &ResidualDense| -> (crate::nn::LayerNormOp, Tensor, Tensor) {
+            (crate::nn::LayerNormOp { eps: r.norm.eps }, r.norm.weight.detach(), r.norm.bias.detach())
+        };
+        let drop = |ctx: &mut ForwardCtx, y: &Tensor, p: f32| -> Result<Option<Tensor>> {
+            Ok(if ctx.train && p > 0.0 { Some(ctx.dropout(&y.ones_like()?, p)?) } else { None })
+        };
+        let times = |y: &Tensor, m: &Option<Tensor>| -> Result<Tensor> {
+            Ok(match m {
+                Some(m) => (y * m)?,
+                None => y.clone(),
+            })
+        };
+        // ---- forward, keeping the intermediates ----
+        let (ao, ao_s) = self.attention_output.dense.forward_saved(attn, ctx)?;
+        let m1 = drop(ctx, &ao, self.attention_output.dropout)?;
+        let u1 = (times(&ao, &m1)? + x)?.contiguous()?.reshape((rows, hidden))?;
+        let (op1, w1, b1) = ln(&self.attention_output);
+        let a = u1.apply_op3_no_bwd(&w1, &b1, &op1)?;
+        let (pre, pre_s) = self.intermediate.forward_saved(&a, ctx)?;
+        let pre = pre.contiguous()?;
+        let act = pre.apply_op1_no_bwd(&crate::nn::GeluErfOp)?;
+        let (o, o_s) = self.output.dense.forward_saved(&act, ctx)?;
+        let m2 = drop(ctx, &o, self.output.dropout)?;
+        let u2 = (times(&o, &m2)? + &a)?.contiguous()?;
+        // ---- backward ----
+        let (op2, w2, b2) = ln(&self.output);
+        let (du2, _, _) = op2.bwd(&u2, &w2, &b2, &u2, &g.contiguous()?.reshape((rows, hidden))?)?;
+        let du2 = du2.ok_or_else(missing)?;
+        let d_act = self.output.dense.backward(&o_s, &times(&du2, &m2)?, grads)?;
+        let d_pre = crate::nn::GeluErfOp.bwd(&pre, &act, &d_act.contiguous()?)?.ok_or_else(missing)?;
+        let d_a = (self.intermediate.backward(&pre_s, &d_pre, grads)? + du2)?;
+        let (du1, _, _) = op1.bwd(&u1, &w1, &b1, &u1, &d_a.contiguous()?)?;
+        let du1 = du1.ok_or_else(missing)?;
+        let du1 = du1.reshape(ao.shape())?;
+        let d_attn = self.attention_output.dense.backward(&ao_s, &times(&du1, &m1)?, grads)?;
+        Ok((d_attn.reshape(attn.shape())?, du1.reshape(x.shape())?))
+    }
 }
 
 /// `[B, T, H·d]` → `[B, H, T, d]`.

@@ -290,6 +290,17 @@ impl DebertaV2Model {
 
     /// Layer `i` on `x` `[B, T, hidden]`.
     pub fn layer(&self, i: usize, x: &Tensor, shared: &LayerShared, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let (attn, tail) = self.layer_attention(i, x, shared, ctx)?;
+        tail.forward(&attn, x, ctx)
+    }
+
+    /// Layer `i`'s tail (everything after the self-attention).
+    pub(crate) fn layer_tail(&self, i: usize) -> Result<&LayerTail> {
+        Ok(&self.layers.get(i).ok_or_else(|| Error::Input(format!("no layer {i}")))?.tail)
+    }
+
+    /// Layer `i` up to the merged heads of its self-attention `[B, T, hidden]`, and its tail.
+    pub(crate) fn layer_attention(&self, i: usize, x: &Tensor, shared: &LayerShared, ctx: &mut ForwardCtx) -> Result<(Tensor, &LayerTail)> {
         let c = &self.config;
         let heads = c.num_attention_heads;
         let layer = self.layers.get(i).ok_or_else(|| Error::Input(format!("no layer {i}")))?;
@@ -325,7 +336,7 @@ impl DebertaV2Model {
             None => None,
         };
         let ctx_layer = arrow_attention(&q, &k, &v, &shared.mask, terms.as_ref(), shared.scale, c.attention_probs_dropout_prob, ctx)?;
-        layer.tail.forward(&merge_heads(&ctx_layer)?, x, ctx)
+        Ok((merge_heads(&ctx_layer)?, &layer.tail))
     }
 
     pub(crate) fn word_table(&self) -> &super::word_table::WordTable {

@@ -118,6 +118,14 @@ pub struct LoraLinear {
     released: bool,
 }
 
+/// What [`LoraLinear::backward`] needs from [`LoraLinear::forward_saved`]: the input, the
+/// adapter's dropout mask (scaled by 1/keep) and the adapter's low-rank activations.
+pub struct LinearSaved {
+    x: Tensor,
+    mask: Option<Tensor>,
+    xa: Option<Tensor>,
+}
+
 #[derive(Debug)]
 enum Bias {
     Frozen(Tensor),
@@ -295,6 +303,76 @@ impl LoraLinear {
             }
         }
         Ok(y)
+    }
+
+    /// [`Self::forward`] without a graph (`ctx.track` off), the same ops and dropout draws,
+    /// keeping what [`Self::backward`] needs.
+    pub fn forward_saved(&self, xs: &Tensor, ctx: &mut ForwardCtx) -> Result<(Tensor, LinearSaved)> {
+        let mut y = match &self.bf16 {
+            Some(b) if xs.device().is_cpu() => b.forward(xs)?,
+            _ => linear(xs, &ctx.weight(&self.weight))?,
+        };
+        match &self.bias {
+            Some(Bias::Frozen(b)) => y = y.broadcast_add(&ctx.weight(b))?,
+            Some(Bias::Trainable(b)) => y = y.broadcast_add(&ctx.param(b))?,
+            None => {}
+        }
+        let mut saved = LinearSaved { x: xs.clone(), mask: None, xa: None };
+        if let Some(ad) = &self.adapter {
+            if !ad.merged {
+                // the mask `ctx.dropout(xs)` would apply: the same draws
+                saved.mask = if ctx.train && ad.dropout > 0.0 { Some(ctx.dropout(&xs.ones_like()?, ad.dropout)?) } else { None };
+                let x = match &saved.mask {
+                    Some(m) => (xs * m)?,
+                    None => xs.clone(),
+                };
+                let xa = linear(&x, &ctx.param(&ad.a))?;
+                y = (y + (linear(&xa, &ctx.param(&ad.b))? * ad.scale)?)?;
+                saved.xa = Some(xa);
+            }
+        }
+        Ok((y, saved))
+    }
+
+    /// The gradient at the input of [`Self::forward_saved`] from the output gradient `dy`; the
+    /// adapter's and a trainable bias's gradients are added to `grads`. The base weight must be
+    /// frozen (LoRA): a trainable one is an error (its gradient is not computed here).
+    pub fn backward(&self, saved: &LinearSaved, dy: &Tensor, grads: &mut Vec<(Var, Tensor)>) -> Result<Tensor> {
+        if self.weight.track_op() || self.weight.is_variable() {
+            return Err(crate::Error::Input(format!("{}: the hand-written backward needs a frozen weight", self.name)));
+        }
+        let (out, inp) = self.weight.dims2()?;
+        let rows = dy.elem_count() / out.max(1);
+        let dy2 = dy.contiguous()?.reshape((rows, out))?;
+        let mut dx = match &self.bf16 {
+            Some(b) if dy.device().is_cpu() => {
+                use candle_core::CustomOp1;
+                b.bwd(&dy2, &dy2, &dy2)?.ok_or_else(|| crate::Error::Input(format!("{}: no bf16 gradient", self.name)))?
+            }
+            _ => dy2.matmul(&self.weight)?,
+        };
+        if let Some(Bias::Trainable(b)) = &self.bias {
+            grads.push((b.clone(), dy2.sum(0)?));
+        }
+        if let (Some(ad), Some(xa)) = (&self.adapter, &saved.xa) {
+            let r = ad.a.as_tensor().dim(0)?;
+            let xa2 = xa.reshape((rows, r))?;
+            let xd = match &saved.mask {
+                Some(m) => (&saved.x * m)?,
+                None => saved.x.clone(),
+            }
+            .reshape((rows, inp))?;
+            let t = dy2.matmul(&ad.b.as_tensor().detach())?; // [rows, r]
+            grads.push((ad.b.clone(), (dy2.t()?.matmul(&xa2)? * ad.scale)?));
+            grads.push((ad.a.clone(), (t.t()?.matmul(&xd)? * ad.scale)?));
+            let dxa = (t.matmul(&ad.a.as_tensor().detach())? * ad.scale)?;
+            let dxa = match &saved.mask {
+                Some(m) => (dxa * m.reshape((rows, inp))?)?,
+                None => dxa,
+            };
+            dx = (dx + dxa)?;
+        }
+        Ok(dx.reshape(saved.x.shape())?)
     }
 
     /// Set the adapter tensors from a checkpoint (shapes are checked).

@@ -302,6 +302,45 @@ impl Encoder {
         }
     }
 
+    /// Recomputation's backward of layer `i` with the tail by hand
+    /// ([`block::LayerTail::backward_by_hand`]): the self-attention (projections, relative
+    /// terms, the arrow attention op) through candle's recorded graph, the rest without one.
+    /// Returns the gradient at `x` from the output gradient `g`, parameter gradients go to
+    /// `sink`; `None` (nothing drawn or computed) where it does not apply: off the CPU's fused
+    /// path, under full fine-tuning, or with another activation than exact GELU.
+    pub fn layer_backward(
+        &self,
+        i: usize,
+        x: &Tensor,
+        g: &Tensor,
+        shared: &LayerShared,
+        ctx: &mut ForwardCtx,
+        sink: &mut dyn FnMut(&candle_core::backprop::GradStore) -> Result<()>,
+    ) -> Result<Option<Tensor>> {
+        let tail = match self {
+            Self::Deberta(m) => m.layer_tail(i)?,
+            Self::Bert(m) => m.layer_tail(i)?,
+        };
+        if self.is_fully_trainable() || !tail.by_hand(x, ctx) {
+            return Ok(None);
+        }
+        let leaf = Var::from_tensor(x)?;
+        let (attn, _) = match self {
+            Self::Deberta(m) => m.layer_attention(i, leaf.as_tensor(), shared, ctx)?,
+            Self::Bert(m) => m.layer_attention(i, leaf.as_tensor(), shared, ctx)?,
+        };
+        let track = ctx.track;
+        ctx.track = false;
+        let mut grads = Vec::new();
+        let r = tail.backward_by_hand(&attn.detach(), x, g, ctx, &mut grads);
+        ctx.track = track;
+        let (d_attn, d_x) = r?;
+        let store = (attn * d_attn)?.sum_all()?.backward()?;
+        sink(&store)?;
+        crate::span::bispa::sink_grads(&grads, sink)?;
+        Ok(Some((crate::train::recompute::grad_of(&store, &leaf)? + d_x)?))
+    }
+
     fn check_input(&self, ids: &Tensor, mask: &Tensor) -> Result<()> {
         let (b, t) = ids.dims2()?;
         if b == 0 || t == 0 {

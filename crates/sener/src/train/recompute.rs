@@ -210,6 +210,11 @@ fn staged(model: &Sener, batch: &Batch, labels: &Tensor, scale: f64, pos_weight:
     for i in (0..layers).rev() {
         ctx.set_rng(layer_rng[i].clone());
         hs.truncate(i + 1); // layer i's output is no longer needed; its input is hs[i]
+        if let Some(g) = enc.layer_backward(i, &hs[i], &g_h, shared, ctx, &mut |store| collect(store, trainable, &mut grads))? {
+            g_h = g;
+            mem_mark(&format!("backward: encoder layer {i}"));
+            continue;
+        }
         if i == 0 && !full {
             // Nothing trainable before the first layer: no gradient at its input is needed.
             let out = enc.layer(0, &hs[0], shared, ctx)?;
@@ -298,6 +303,10 @@ mod tests {
 
     /// `full`: every encoder weight trainable, no LoRA (full fine-tuning).
     fn tiny_with(depth: usize, deberta: bool, full: bool) -> Sener {
+        tiny_lora(depth, deberta, full, LoraConfig::default())
+    }
+
+    fn tiny_lora(depth: usize, deberta: bool, full: bool, lora: LoraConfig) -> Sener {
         let dev = Device::Cpu;
         let arrow = ArrowConfig { window: 3, ..ArrowConfig::default() };
         let opts = EncoderOptions { arrow: arrow.clone(), dtype: DType::F32, device: dev.clone() };
@@ -312,7 +321,6 @@ mod tests {
                 "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 64, "type_vocab_size": 2,
                 "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "layer_norm_eps": 1e-12, "hidden_act": "gelu"})
         };
-        let lora = LoraConfig::default();
         let encoder = if full {
             Encoder::random_trainable(cfg, &opts, 3).unwrap()
         } else {
@@ -456,6 +464,34 @@ mod tests {
             assert_same_grads(&plain, &staged, &names, &format!("{kernels:?} with dropout"));
             let x = Tensor::ones(64, DType::F32, &Device::Cpu).unwrap();
             assert_eq!(c1.dropout(&x, 0.5).unwrap().to_vec1::<f32>().unwrap(), c2.dropout(&x, 0.5).unwrap().to_vec1::<f32>().unwrap());
+        }
+    }
+
+    /// LoRA on every linear layer with adapter dropout (the sener recipe): the hand-written
+    /// backward of the layer tails (adapters of the attention output, intermediate and output
+    /// layers, their dropout masks, trainable biases) gives the plain pass's gradients, with
+    /// dropout on and off, on both encoders and both paths.
+    #[test]
+    fn adapters_everywhere_match_the_plain_backward() {
+        let all: Vec<String> = ["query", "key", "value", "attention_output", "intermediate", "output"].iter().map(|s| s.to_string()).collect();
+        for deberta in [true, false] {
+            let lora = LoraConfig { targets: all.clone(), dropout: 0.1, ..LoraConfig::default() };
+            let m = tiny_lora(1, deberta, false, lora);
+            let names: Vec<String> = m.trainable().into_iter().map(|(n, _)| n).collect();
+            assert!(names.iter().any(|n| n.contains("intermediate")), "the tails carry adapters");
+            let (b, labels) = batch(&Device::Cpu);
+            for kernels in [Kernels::Fused, Kernels::Generic] {
+                let mut c1 = ForwardCtx::train(9).with_kernels(kernels);
+                let mut c2 = ForwardCtx::train(9).with_kernels(kernels);
+                let plain = loss_and_grads(&m, &b, &labels, 1.0, 1.0, &mut c1, false).unwrap();
+                let staged = loss_and_grads(&m, &b, &labels, 1.0, 1.0, &mut c2, true).unwrap();
+                assert_same_grads(&plain, &staged, &names, &format!("{kernels:?}, deberta {deberta}, dropout on"));
+            }
+            let run = |kernels: Kernels, recompute: bool| {
+                let mut ctx = ForwardCtx::grad_only().with_kernels(kernels);
+                loss_and_grads(&m, &b, &labels, 1.0, 2.0, &mut ctx, recompute).unwrap()
+            };
+            assert_same_grads(&run(Kernels::Generic, false), &run(Kernels::Fused, true), &names, &format!("deberta {deberta}, fused recomputed vs generic plain"));
         }
     }
 
