@@ -152,11 +152,31 @@ impl ForwardCtx {
         mask.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, m)| {
             // every element is stored
             for (j, v) in m.iter_mut().enumerate() {
-                *v = if crate::span::row_attention::dropout_keep(seed, 0, 0, ci * CHUNK + j, 1, keep as f32) { scale as f32 } else { 0.0 };
+                *v = if crate::span::row_attention::dropout_keep(seed, 0, 0, ci * CHUNK + j, 1, keep) { scale } else { 0.0 };
             }
         });
         let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
         Ok(xs.mul(&mask)?)
+    }
+
+    /// The mask [`Self::dropout`] would multiply a tensor shaped like `like` by (0 or 1/keep per
+    /// element), drawn exactly as that call draws it; `None` where it would draw nothing and
+    /// leave the tensor as it is. For hand-written backward passes, which need the mask itself.
+    pub fn dropout_mask(&mut self, like: &Tensor, p: f32) -> Result<Option<Tensor>> {
+        if !self.train || p <= 0.0 {
+            return Ok(None);
+        }
+        Ok(Some(self.dropout(&like.ones_like()?, p)?))
+    }
+
+    /// `f` with the graph off ([`Self::track`] false), restoring the setting after it, also when
+    /// `f` fails: the untracked passes of recomputation and the hand-written stage backwards.
+    pub fn untracked<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        let track = self.track;
+        self.track = false;
+        let r = f(self);
+        self.track = track;
+        r
     }
 
     /// A trainable parameter as used in this pass: tracked when gradients are wanted (and
@@ -350,6 +370,14 @@ impl LayerNorm {
             Ok(candle_nn::ops::layer_norm(xs, &weight, &bias, self.eps as f32)?)
         }
     }
+}
+
+/// `x ⊙ mask`, or `x` itself without a mask ([`ForwardCtx::dropout_mask`]).
+pub(crate) fn mask_mul(x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    Ok(match mask {
+        Some(m) => (x * m)?,
+        None => x.clone(),
+    })
 }
 
 /// `n` f32 values with unspecified contents, for an op output of which every element is written

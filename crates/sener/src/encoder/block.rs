@@ -90,18 +90,10 @@ impl LayerTail {
         let ln = |r: &ResidualDense| -> (crate::nn::LayerNormOp, Tensor, Tensor) {
             (crate::nn::LayerNormOp { eps: r.norm.eps }, r.norm.weight.detach(), r.norm.bias.detach())
         };
-        let drop = |ctx: &mut ForwardCtx, y: &Tensor, p: f32| -> Result<Option<Tensor>> {
-            Ok(if ctx.train && p > 0.0 { Some(ctx.dropout(&y.ones_like()?, p)?) } else { None })
-        };
-        let times = |y: &Tensor, m: &Option<Tensor>| -> Result<Tensor> {
-            Ok(match m {
-                Some(m) => (y * m)?,
-                None => y.clone(),
-            })
-        };
+        let times = |y: &Tensor, m: &Option<Tensor>| crate::nn::mask_mul(y, m.as_ref());
         // ---- forward, keeping the intermediates ----
         let (ao, ao_s) = self.attention_output.dense.forward_saved(attn, ctx)?;
-        let m1 = drop(ctx, &ao, self.attention_output.dropout)?;
+        let m1 = ctx.dropout_mask(&ao, self.attention_output.dropout)?;
         let u1 = (times(&ao, &m1)? + x)?.contiguous()?.reshape((rows, hidden))?;
         let (op1, w1, b1) = ln(&self.attention_output);
         let a = u1.apply_op3_no_bwd(&w1, &b1, &op1)?;
@@ -109,7 +101,7 @@ impl LayerTail {
         let pre = pre.contiguous()?;
         let act = pre.apply_op1_no_bwd(&crate::nn::GeluErfOp)?;
         let (o, o_s) = self.output.dense.forward_saved(&act, ctx)?;
-        let m2 = drop(ctx, &o, self.output.dropout)?;
+        let m2 = ctx.dropout_mask(&o, self.output.dropout)?;
         let u2 = (times(&o, &m2)? + &a)?.contiguous()?;
         // ---- backward ----
         let (op2, w2, b2) = ln(&self.output);

@@ -286,15 +286,7 @@ impl LoraLinear {
     }
 
     pub fn forward(&self, xs: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let mut y = match &self.bf16 {
-            Some(b) if xs.device().is_cpu() => b.forward(xs)?,
-            _ => linear(xs, &ctx.weight(&self.weight))?,
-        };
-        match &self.bias {
-            Some(Bias::Frozen(b)) => y = y.broadcast_add(&ctx.weight(b))?,
-            Some(Bias::Trainable(b)) => y = y.broadcast_add(&ctx.param(b))?,
-            None => {}
-        }
+        let mut y = self.base_forward(xs, ctx)?;
         if let Some(ad) = &self.adapter {
             if !ad.merged {
                 let x = ctx.dropout(xs, ad.dropout)?;
@@ -308,24 +300,13 @@ impl LoraLinear {
     /// [`Self::forward`] without a graph (`ctx.track` off), the same ops and dropout draws,
     /// keeping what [`Self::backward`] needs.
     pub fn forward_saved(&self, xs: &Tensor, ctx: &mut ForwardCtx) -> Result<(Tensor, LinearSaved)> {
-        let mut y = match &self.bf16 {
-            Some(b) if xs.device().is_cpu() => b.forward(xs)?,
-            _ => linear(xs, &ctx.weight(&self.weight))?,
-        };
-        match &self.bias {
-            Some(Bias::Frozen(b)) => y = y.broadcast_add(&ctx.weight(b))?,
-            Some(Bias::Trainable(b)) => y = y.broadcast_add(&ctx.param(b))?,
-            None => {}
-        }
+        let mut y = self.base_forward(xs, ctx)?;
         let mut saved = LinearSaved { x: xs.clone(), mask: None, xa: None };
         if let Some(ad) = &self.adapter {
             if !ad.merged {
                 // the mask `ctx.dropout(xs)` would apply: the same draws
-                saved.mask = if ctx.train && ad.dropout > 0.0 { Some(ctx.dropout(&xs.ones_like()?, ad.dropout)?) } else { None };
-                let x = match &saved.mask {
-                    Some(m) => (xs * m)?,
-                    None => xs.clone(),
-                };
+                saved.mask = ctx.dropout_mask(xs, ad.dropout)?;
+                let x = crate::nn::mask_mul(xs, saved.mask.as_ref())?;
                 let xa = linear(&x, &ctx.param(&ad.a))?;
                 y = (y + (linear(&xa, &ctx.param(&ad.b))? * ad.scale)?)?;
                 saved.xa = Some(xa);
@@ -357,22 +338,28 @@ impl LoraLinear {
         if let (Some(ad), Some(xa)) = (&self.adapter, &saved.xa) {
             let r = ad.a.as_tensor().dim(0)?;
             let xa2 = xa.reshape((rows, r))?;
-            let xd = match &saved.mask {
-                Some(m) => (&saved.x * m)?,
-                None => saved.x.clone(),
-            }
-            .reshape((rows, inp))?;
+            let xd = crate::nn::mask_mul(&saved.x, saved.mask.as_ref())?.reshape((rows, inp))?;
             let t = dy2.matmul(&ad.b.as_tensor().detach())?; // [rows, r]
             grads.push((ad.b.clone(), (dy2.t()?.matmul(&xa2)? * ad.scale)?));
             grads.push((ad.a.clone(), (t.t()?.matmul(&xd)? * ad.scale)?));
             let dxa = (t.matmul(&ad.a.as_tensor().detach())? * ad.scale)?;
-            let dxa = match &saved.mask {
-                Some(m) => (dxa * m.reshape((rows, inp))?)?,
-                None => dxa,
-            };
+            let dxa = crate::nn::mask_mul(&dxa, saved.mask.as_ref().map(|m| m.reshape((rows, inp))).transpose()?.as_ref())?;
             dx = (dx + dxa)?;
         }
         Ok(dx.reshape(saved.x.shape())?)
+    }
+
+    /// The frozen (or fully trainable) product and the bias, without the adapter.
+    fn base_forward(&self, xs: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let y = match &self.bf16 {
+            Some(b) if xs.device().is_cpu() => b.forward(xs)?,
+            _ => linear(xs, &ctx.weight(&self.weight))?,
+        };
+        Ok(match &self.bias {
+            Some(Bias::Frozen(b)) => y.broadcast_add(&ctx.weight(b))?,
+            Some(Bias::Trainable(b)) => y.broadcast_add(&ctx.param(b))?,
+            None => y,
+        })
     }
 
     /// Set the adapter tensors from a checkpoint (shapes are checked).

@@ -329,12 +329,8 @@ impl Encoder {
             Self::Deberta(m) => m.layer_attention(i, leaf.as_tensor(), shared, ctx)?,
             Self::Bert(m) => m.layer_attention(i, leaf.as_tensor(), shared, ctx)?,
         };
-        let track = ctx.track;
-        ctx.track = false;
         let mut grads = Vec::new();
-        let r = tail.backward_by_hand(&attn.detach(), x, g, ctx, &mut grads);
-        ctx.track = track;
-        let (d_attn, d_x) = r?;
+        let (d_attn, d_x) = ctx.untracked(|ctx| tail.backward_by_hand(&attn.detach(), x, g, ctx, &mut grads))?;
         let store = (attn * d_attn)?.sum_all()?.backward()?;
         sink(&store)?;
         crate::span::bispa::sink_grads(&grads, sink)?;

@@ -148,15 +148,8 @@ impl Biaffine {
         let (b, n, _hidden) = h.dims3()?;
         let (c, w, kk) = (self.c, band.w, band.k());
         let det = |v: &Var| v.as_tensor().detach();
-        let drop_factor = |ctx: &mut ForwardCtx, x: &Tensor| -> Result<Option<Tensor>> {
-            Ok(if ctx.train && self.dropout > 0.0 { Some(ctx.dropout(&x.ones_like()?, self.dropout)?) } else { None })
-        };
-        let apply = |x: &Tensor, f: &Option<Tensor>| -> Result<Tensor> {
-            Ok(match f {
-                Some(f) => (x * f)?,
-                None => x.clone(),
-            })
-        };
+        let drop_factor = |ctx: &mut ForwardCtx, x: &Tensor| ctx.dropout_mask(x, self.dropout);
+        let apply = |x: &Tensor, f: &Option<Tensor>| crate::nn::mask_mul(x, f.as_ref());
         let lin = |x: &Tensor, l: &TrainLinear| -> Result<Tensor> {
             let y = crate::encoder::lora::linear(x, &det(&l.weight))?;
             Ok(match &l.bias {

@@ -273,11 +273,7 @@ impl BiSpaBlock {
         sink: &mut dyn FnMut(&GradStore) -> Result<()>,
     ) -> Result<Tensor> {
         if self.fused(x, ctx) {
-            let track = ctx.track;
-            ctx.track = false;
-            let r = self.attend_backward_fused(x, g, band, valid, rope, ctx);
-            ctx.track = track;
-            let (dx, grads) = r?;
+            let (dx, grads) = ctx.untracked(|ctx| self.attend_backward_fused(x, g, band, valid, rope, ctx))?;
             sink_grads(&grads, sink)?;
             return Ok(dx);
         }
@@ -352,10 +348,9 @@ impl BiSpaBlock {
         // the factor on `d`: dropout mask (the same draws as `ctx.dropout(&d)`) times the rows
         // that have a valid cell
         let row_has_valid = valid.max_keepdim(2)?.unsqueeze(3)?; // [B, rows, 1, 1]
-        let f = if ctx.train && self.dropout > 0.0 {
-            ctx.dropout(&d.ones_like()?, self.dropout)?.broadcast_mul(&row_has_valid)?
-        } else {
-            row_has_valid.broadcast_as(d.shape())?.contiguous()?
+        let f = match ctx.dropout_mask(&d, self.dropout)? {
+            Some(m) => m.broadcast_mul(&row_has_valid)?,
+            None => row_has_valid.broadcast_as(d.shape())?.contiguous()?,
         };
         let u = (pre + (&d * &f)?)?.reshape((cells, c))?;
         // ---- backward ----
@@ -407,11 +402,8 @@ impl BiSpaBlock {
         let h1g = h1.apply_op1_no_bwd(&crate::nn::GeluErfOp)?;
         let bb = h1g.broadcast_mul(&valid4)?.contiguous()?;
         let h2 = bb.apply_op2_no_bwd(&w2, &conv)?.narrow(1, at, len)?;
-        let mask = if ctx.train && self.dropout > 0.0 { Some(ctx.dropout(&h2.ones_like()?, self.dropout)?) } else { None };
-        let h2d = match &mask {
-            Some(m) => (&h2 * m)?,
-            None => h2,
-        };
+        let mask = ctx.dropout_mask(&h2, self.dropout)?;
+        let h2d = crate::nn::mask_mul(&h2, mask.as_ref())?;
         let cells = b * len * kk;
         let u = (y.narrow(1, at, len)? + h2d)?.contiguous()?.reshape((cells, c))?;
         // ---- backward ----
@@ -422,10 +414,7 @@ impl BiSpaBlock {
         add_grad(grads, &self.ln2.0, dlw.ok_or_else(missing)?)?;
         add_grad(grads, &self.ln2.1, dlb.ok_or_else(missing)?)?;
         let du = du.ok_or_else(missing)?.reshape((b, len, kk, c))?;
-        let dh2 = match &mask {
-            Some(m) => (&du * m)?,
-            None => du.clone(),
-        };
+        let dh2 = crate::nn::mask_mul(&du, mask.as_ref())?;
         let pad = |t: Tensor| -> Result<Tensor> { Ok(t.pad_with_zeros(1, at, rows - at - len)?.contiguous()?) };
         let (dbb, dw2) = conv.bwd(&bb, &w2, &bb, &pad(dh2)?)?;
         add_grad(grads, &self.conv2, dw2.ok_or_else(missing)?)?;
@@ -491,11 +480,8 @@ impl BiSpaBlock {
             let (lo, hi) = conv_reach(s, len, n);
             if fused {
                 // by hand, with the graph off (as the attention half: see `attend_backward_fused`)
-                let track = ctx.track;
-                ctx.track = false;
-                let r = self.convolve_rows_backward(&y.narrow(1, lo, hi - lo)?, &valid.narrow(1, lo, hi - lo)?, s - lo, len, &g.narrow(1, s, len)?, ctx, &mut grads);
-                ctx.track = track;
-                pieces.push((lo, r?));
+                let (run, run_valid, run_g) = (y.narrow(1, lo, hi - lo)?, valid.narrow(1, lo, hi - lo)?, g.narrow(1, s, len)?);
+                pieces.push((lo, ctx.untracked(|ctx| self.convolve_rows_backward(&run, &run_valid, s - lo, len, &run_g, ctx, &mut grads))?));
                 continue;
             }
             let leaf = Var::from_tensor(&y.narrow(1, lo, hi - lo)?)?;

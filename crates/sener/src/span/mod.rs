@@ -191,11 +191,7 @@ impl SpanModel {
         if !ctx.fused(words) {
             return Ok(None);
         }
-        let track = ctx.track;
-        ctx.track = false;
-        let r = self.biaffine.backward_fused(words, shared.band, &shared.valid, g, ctx);
-        ctx.track = track;
-        let (dh, grads) = r?;
+        let (dh, grads) = ctx.untracked(|ctx| self.biaffine.backward_fused(words, shared.band, &shared.valid, g, ctx))?;
         bispa::sink_grads(&grads, sink)?;
         Ok(Some(dh))
     }

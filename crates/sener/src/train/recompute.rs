@@ -111,11 +111,8 @@ pub fn loss_and_grads(model: &Sener, batch: &Batch, labels: &Tensor, scale: f64,
         collect(&store, &trainable, &mut grads)?;
         return Ok(StepGrads { loss: loss.to_scalar::<f32>()? as f64, grads });
     }
-    let track = ctx.track;
-    ctx.track = false;
-    let r = staged(model, batch, labels, scale, pos_weight, ctx, &trainable);
-    ctx.track = track;
-    r
+    // the first pass runs with the graph off (`staged` turns it on for the backward stages)
+    ctx.untracked(|ctx| staged(model, batch, labels, scale, pos_weight, ctx, &trainable))
 }
 
 fn staged(model: &Sener, batch: &Batch, labels: &Tensor, scale: f64, pos_weight: f64, ctx: &mut ForwardCtx, trainable: &[(String, Var)]) -> Result<StepGrads> {
