@@ -709,7 +709,8 @@ pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
     if a.kernels == sener::nn::Kernels::Generic && precision != sener::gemm_bf16::Precision::F32 {
         bail!("--kernels generic runs candle ops only; --dtype bf16 is one of sener's CPU kernels");
     }
-    model.encoder.set_precision(precision)?;
+    // as `sener train` sets it: the encoder's linear layers and the span side's products
+    model.set_precision(precision)?;
     let (params, groups) = paper_groups(&model.trainable(), recipe.lr_new, recipe.lr_encoder, recipe.weight_decay);
     let mut opt = AdamW::new(params, groups, AdamWConfig { clip_norm: recipe.clip_norm, ..AdamWConfig::default() })?;
     let (ids, idx, words) = synthetic_segment(a.length, model.encoder.vocab_size() as u32, 101, 102);

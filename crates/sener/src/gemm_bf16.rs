@@ -373,15 +373,15 @@ pub(crate) struct SerialScratch {
     b: Vec<u16>,
 }
 
-/// Single-threaded `out[i, j] = Σ_t a[i·a_rs + t] · b[j·b_rs + t·b_cs]` for `i < m`, `j < n`,
-/// `t < k` (`out` row stride `ldo`): the inputs rounded to bf16, products accumulated in f32.
-/// For small products inside loops that are already parallel (the BiSPA row attention). With
-/// AMX the caller holds this thread's tiles: `tiles` from [`amx_tiles`].
+/// Single-threaded `out[i, j] = Σ_t a[i·a_rs + t·a_cs] · b[j·b_rs + t·b_cs]` for `i < m`,
+/// `j < n`, `t < k` (`out` row stride `ldo`, overwritten): the inputs rounded to bf16, products
+/// accumulated in f32. For small products inside loops that are already parallel (the BiSPA row
+/// attention). With AMX the caller holds this thread's tiles: `tiles` from [`amx_tiles`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul_t_serial(
     kernel: Bf16Kernel,
     tiles: Option<&TileGuard>,
-    (a, a_rs): (&[f32], usize),
+    (a, a_rs, a_cs): (&[f32], usize, usize),
     (b, b_rs, b_cs): (&[f32], usize, usize),
     (m, n, k): (usize, usize, usize),
     out: &mut [f32],
@@ -392,14 +392,26 @@ pub(crate) fn matmul_t_serial(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(k > 0 && a.len() >= (m - 1) * a_rs + k && b.len() > (n - 1) * b_rs + (k - 1) * b_cs && out.len() >= (m - 1) * ldo + n, "matmul_t_serial: operands too short");
+    assert!(
+        k > 0 && a.len() > (m - 1) * a_rs + (k - 1) * a_cs && b.len() > (n - 1) * b_rs + (k - 1) * b_cs && out.len() >= (m - 1) * ldo + n,
+        "matmul_t_serial: operands too short"
+    );
     let kp = k.div_ceil(KB) * KB;
     let mp = m.div_ceil(MB) * MB;
     let blocks = n.div_ceil(NB).div_ceil(2) * 2;
     scratch.a.clear();
     scratch.a.resize(mp * kp, 0);
-    for i in 0..m {
-        convert_row(&a[i * a_rs..][..k], &mut scratch.a[i * kp..][..k]);
+    if a_cs == 1 {
+        for i in 0..m {
+            convert_row(&a[i * a_rs..][..k], &mut scratch.a[i * kp..][..k]);
+        }
+    } else {
+        // a transposed view: read it row by row of the source (contiguous when a_rs is 1)
+        for t in 0..k {
+            for i in 0..m {
+                scratch.a[i * kp + t] = to_bf16(a[i * a_rs + t * a_cs]);
+            }
+        }
     }
     let per_block = kp * NB;
     scratch.b.clear();
@@ -869,16 +881,19 @@ mod tests {
         for kern in Bf16Kernel::all_available() {
             let tiles = amx_tiles();
             let (m, n, k) = (45, 19, 37);
-            let a = data(m * 40, 21); // row stride 40
-            let b = data(k * 3 * n, 22); // b[j][t] at j + t·3n (a transposed, strided view)
-            let mut out = vec![f32::NAN; m * 50];
-            let mut scratch = SerialScratch::default();
-            matmul_t_serial(kern, tiles.as_ref(), (&a, 40), (&b, 1, 3 * n), (m, n, k), &mut out, 50, &mut scratch);
-            let r = |v: f32| from_bf16(to_bf16(v)) as f64;
-            for i in 0..m {
-                for j in 0..n {
-                    let want: f64 = (0..k).map(|t| r(a[i * 40 + t]) * r(b[j + t * 3 * n])).sum();
-                    assert!((out[i * 50 + j] as f64 - want).abs() < 1e-4, "{} ({i}, {j})", kern.name());
+            // a row-major with row stride 40, and a transposed view (a[i][t] at i + t·48)
+            for (a_rs, a_cs) in [(40usize, 1usize), (1, 48)] {
+                let a = data((m - 1) * a_rs + (k - 1) * a_cs + 1, 21);
+                let b = data(k * 3 * n, 22); // b[j][t] at j + t·3n (a transposed, strided view)
+                let mut out = vec![f32::NAN; m * 50];
+                let mut scratch = SerialScratch::default();
+                matmul_t_serial(kern, tiles.as_ref(), (&a, a_rs, a_cs), (&b, 1, 3 * n), (m, n, k), &mut out, 50, &mut scratch);
+                let r = |v: f32| from_bf16(to_bf16(v)) as f64;
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f64 = (0..k).map(|t| r(a[i * a_rs + t * a_cs]) * r(b[j + t * 3 * n])).sum();
+                        assert!((out[i * 50 + j] as f64 - want).abs() < 1e-4, "{} ({i}, {j}), a strides ({a_rs}, {a_cs})", kern.name());
+                    }
                 }
             }
         }

@@ -176,8 +176,8 @@ impl Sener {
         Ok(Self { config, encoder, span })
     }
 
-    /// Multiply in `p` ([`crate::gemm_bf16`]): the encoder's linear layers and, with AMX, the span
-    /// side's band convolutions at inference. See [`Encoder::set_precision`].
+    /// Multiply in `p` ([`crate::gemm_bf16`]): the encoder's linear layers and the span side's
+    /// BiSPA products ([`SpanModel::set_precision`]). See [`Encoder::set_precision`].
     pub fn set_precision(&mut self, p: crate::gemm_bf16::Precision) -> Result<()> {
         self.encoder.set_precision(p)?;
         self.span.set_precision(p);

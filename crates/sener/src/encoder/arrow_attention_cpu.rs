@@ -543,16 +543,6 @@ struct ArrowAttentionOp {
     lse: Mutex<Vec<f32>>,
 }
 
-impl ArrowAttentionOp {
-    fn split<'a>(&self, qkv: &'a [f32], tab: &'a [f32]) -> ((&'a [f32], &'a [f32], &'a [f32]), Option<&'a [f32]>, Option<&'a [f32]>) {
-        let n = qkv.len() / 3;
-        let per = self.sp.h * self.sp.rows_r() * self.sp.d;
-        let pk = self.sp.c2p.then(|| &tab[..per]);
-        let pq = self.sp.p2c.then(|| if self.sp.c2p { &tab[per..2 * per] } else { &tab[..per] });
-        ((&qkv[..n], &qkv[n..2 * n], &qkv[2 * n..]), pk, pq)
-    }
-}
-
 impl CustomOp2 for ArrowAttentionOp {
     fn name(&self) -> &'static str {
         "arrow-attention"
@@ -567,7 +557,7 @@ impl CustomOp2 for ArrowAttentionOp {
             candle_core::bail!("arrow attention: qkv {:?}, tables {:?} for [3, {b}, {h}, {t}, {d}]", l1.shape(), l2.shape());
         }
         let (qkv, tab) = (cpu_f32(s1, l1, "arrow attention")?, cpu_f32(s2, l2, "arrow attention")?);
-        let (qkv, pk, pq) = self.split(qkv, tab);
+        let (qkv, pk, pq) = split_inputs(sp, qkv, tab);
         let (out, lse) = forward(sp, qkv, pk, pq);
         *self.lse.lock().map_err(|_| candle_core::Error::Msg("arrow attention: poisoned lock".into()))? = lse;
         Ok((CpuStorage::F32(out), Shape::from((b, h, t, d))))
@@ -575,45 +565,139 @@ impl CustomOp2 for ArrowAttentionOp {
 
     fn bwd(&self, qkv: &Tensor, tab: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let sp = &self.sp;
-        let (b, h, t, d, rr) = (sp.b, sp.h, sp.t, sp.d, sp.rows_r());
         let host = |x: &Tensor| -> candle_core::Result<Vec<f32>> { x.flatten_all()?.to_vec1::<f32>() };
         let (qkv_h, tab_h, o, go) = (host(qkv)?, host(tab)?, host(res)?, host(grad)?);
-        let lse = self.lse.lock().map_err(|_| candle_core::Error::Msg("arrow attention: poisoned lock".into()))?.clone();
-        if lse.len() != b * h * t {
-            candle_core::bail!("arrow attention: backward without a forward pass");
+        let lse = self.lse.lock().map_err(|_| candle_core::Error::Msg("arrow attention: poisoned lock".into()))?;
+        let (dqkv, dtab) = backward(sp, &qkv_h, &tab_h, &o, &go, &lse)?;
+        let dqkv = Tensor::from_vec(dqkv, (3, sp.b, sp.h, sp.t, sp.d), qkv.device())?;
+        Ok((Some(dqkv), dtab.map(|x| Tensor::from_vec(x, tab.shape(), tab.device())).transpose()?))
+    }
+}
+
+/// The gradients at the stacked `[q; k; v]` and, with relative terms, at the stacked tables
+/// (summed over the batch), from the forward pass's output `o`, its gradient `go` and per-row
+/// log-sum-exps `lse`.
+fn backward(sp: &Spec, qkv: &[f32], tab: &[f32], o: &[f32], go: &[f32], lse: &[f32]) -> candle_core::Result<(Vec<f32>, Option<Vec<f32>>)> {
+    let (b, h, t, d, rr) = (sp.b, sp.h, sp.t, sp.d, sp.rows_r());
+    let n = b * h * t * d;
+    if lse.len() != b * h * t || qkv.len() != 3 * n || o.len() != n || go.len() != n {
+        candle_core::bail!("arrow attention: backward without its forward pass");
+    }
+    let (parts, pk, pq) = split_inputs(sp, qkv, tab);
+    let grads: Vec<HeadGrads> = (0..b * h)
+        .into_par_iter()
+        .map(|bh| {
+            let hd = Head::new(sp, bh, parts, pk, pq);
+            let r = bh * t * d..(bh + 1) * t * d;
+            hd.backward(&o[r.clone()], &go[r], &lse[bh * t..(bh + 1) * t])
+        })
+        .collect();
+    let mut dqkv = crate::nn::uninit_f32(3 * n);
+    // every element is written: each (part, bh) block once
+    for (bh, g) in grads.iter().enumerate() {
+        for (part, x) in [&g.dq, &g.dk, &g.dv].into_iter().enumerate() {
+            dqkv[part * n + bh * t * d..][..t * d].copy_from_slice(x);
         }
-        let (parts, pk, pq) = self.split(&qkv_h, &tab_h);
-        let grads: Vec<HeadGrads> = (0..b * h)
-            .into_par_iter()
-            .map(|bh| {
-                let hd = Head::new(sp, bh, parts, pk, pq);
-                let r = bh * t * d..(bh + 1) * t * d;
-                hd.backward(&o[r.clone()], &go[r], &lse[bh * t..(bh + 1) * t])
-            })
-            .collect();
-        let n = b * h * t * d;
-        let mut dqkv = vec![0f32; 3 * n];
-        for (bh, g) in grads.iter().enumerate() {
-            for (part, x) in [&g.dq, &g.dk, &g.dv].into_iter().enumerate() {
-                dqkv[part * n + bh * t * d..][..t * d].copy_from_slice(x);
+    }
+    if !sp.c2p && !sp.p2c {
+        return Ok((dqkv, None));
+    }
+    // tables: [c2p + p2c, H, R, d], summed over the batch
+    let per = h * rr * d;
+    let mut dtab = vec![0f32; tab.len()];
+    for (bh, g) in grads.iter().enumerate() {
+        let hi = bh % h;
+        let mut slot = 0;
+        for x in [&g.dpk, &g.dpq].into_iter().flatten() {
+            axpy(&mut dtab[slot * per + hi * rr * d..][..rr * d], 1.0, x);
+            slot += 1;
+        }
+    }
+    Ok((dqkv, Some(dtab)))
+}
+
+/// `[q; k; v]` and the stacked tables, as the heads read them.
+#[allow(clippy::type_complexity)]
+fn split_inputs<'a>(sp: &Spec, qkv: &'a [f32], tab: &'a [f32]) -> ((&'a [f32], &'a [f32], &'a [f32]), Option<&'a [f32]>, Option<&'a [f32]>) {
+    let n = qkv.len() / 3;
+    let per = sp.h * sp.rows_r() * sp.d;
+    let pk = sp.c2p.then(|| &tab[..per]);
+    let pq = sp.p2c.then(|| if sp.c2p { &tab[per..2 * per] } else { &tab[..per] });
+    ((&qkv[..n], &qkv[n..2 * n], &qkv[2 * n..]), pk, pq)
+}
+
+/// [`arrow_attention_fused`]'s forward pass without a graph, keeping what
+/// [`ArrowSaved::backward`] needs: for hand-written backward passes of a whole self-attention
+/// (`crate::encoder::block::SelfAttentionSaved`).
+pub(crate) struct ArrowSaved {
+    sp: Spec,
+    qkv: Vec<f32>,
+    tab: Vec<f32>,
+    out: Vec<f32>,
+    lse: Vec<f32>,
+}
+
+/// Gradients of [`ArrowSaved::backward`]: `dq`, `dk`, `dv` `[B, H, T, d]`, the tables' `[H, R, d]`.
+pub(crate) struct ArrowGrads {
+    pub dq: Tensor,
+    pub dk: Tensor,
+    pub dv: Tensor,
+    pub dpos_key: Option<Tensor>,
+    pub dpos_query: Option<Tensor>,
+}
+
+/// The value of [`arrow_attention_fused`] (same dropout draws for the same `seed`), and what its
+/// backward pass needs.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn arrow_attention_saved(q: &Tensor, k: &Tensor, v: &Tensor, mask: &ArrowMask, rel: Option<&RelativeTerms>, scale: f64, dropout: f32, seed: u64) -> Result<(Tensor, ArrowSaved)> {
+    let dims = q.dims4()?;
+    mask.check(dims.0, dims.2)?;
+    if k.dims4()? != dims || v.dims4()? != dims {
+        return Err(crate::Error::Input(format!("arrow attention: q {:?}, k {:?}, v {:?}", q.dims(), k.dims(), v.dims())));
+    }
+    let sp = Spec::new(dims, mask, rel, scale, dropout, seed);
+    let mut qkv = host(q)?;
+    qkv.extend(host(k)?);
+    qkv.extend(host(v)?);
+    let mut tab = Vec::new();
+    for t in rel.iter().flat_map(|r| r.pos_key.iter().chain(r.pos_query.iter())) {
+        let (th, tr, td) = t.dims3()?;
+        if (th, tr, td) != (sp.h, sp.rows_r(), sp.d) {
+            return Err(crate::Error::Input(format!("arrow attention: relative table {:?} for [{}, {}, {}]", t.dims(), sp.h, sp.rows_r(), sp.d)));
+        }
+        tab.extend(host(t)?);
+    }
+    let (parts, pk, pq) = split_inputs(&sp, &qkv, &tab);
+    let (out, lse) = forward(&sp, parts, pk, pq);
+    let y = Tensor::from_slice(&out, dims, &Device::Cpu)?;
+    Ok((y, ArrowSaved { sp, qkv, tab, out, lse }))
+}
+
+impl ArrowSaved {
+    /// Heads per sequence.
+    pub(crate) fn heads(&self) -> usize {
+        self.sp.h
+    }
+
+    /// The gradients from the output gradient `grad` `[B, H, T, d]`.
+    pub(crate) fn backward(&self, grad: &Tensor) -> Result<ArrowGrads> {
+        let sp = &self.sp;
+        let dims = (sp.b, sp.h, sp.t, sp.d);
+        let (dqkv, dtab) = backward(sp, &self.qkv, &self.tab, &self.out, &host(grad)?, &self.lse)?;
+        let n = sp.b * sp.h * sp.t * sp.d;
+        let part = |i: usize| Tensor::from_slice(&dqkv[i * n..(i + 1) * n], dims, &Device::Cpu);
+        let (mut dpos_key, mut dpos_query) = (None, None);
+        if let Some(dtab) = dtab {
+            let per = sp.h * sp.rows_r() * sp.d;
+            let table = |i: usize| Tensor::from_slice(&dtab[i * per..(i + 1) * per], (sp.h, sp.rows_r(), sp.d), &Device::Cpu);
+            if sp.c2p {
+                dpos_key = Some(table(0)?);
+            }
+            if sp.p2c {
+                dpos_query = Some(table(sp.c2p as usize)?);
             }
         }
-        let dqkv = Tensor::from_vec(dqkv, (3, b, h, t, d), qkv.device())?;
-        if !sp.c2p && !sp.p2c {
-            return Ok((Some(dqkv), None));
-        }
-        // tables: [c2p + p2c, H, R, d], summed over the batch
-        let per = h * rr * d;
-        let mut dtab = vec![0f32; tab_h.len()];
-        for (bh, g) in grads.iter().enumerate() {
-            let hi = bh % h;
-            let mut slot = 0;
-            for x in [&g.dpk, &g.dpq].into_iter().flatten() {
-                axpy(&mut dtab[slot * per + hi * rr * d..][..rr * d], 1.0, x);
-                slot += 1;
-            }
-        }
-        Ok((Some(dqkv), Some(Tensor::from_vec(dtab, tab.shape(), tab.device())?)))
+        Ok(ArrowGrads { dq: part(0)?, dk: part(1)?, dv: part(2)?, dpos_key, dpos_query })
     }
 }
 

@@ -17,8 +17,8 @@ use candle_nn::VarBuilder;
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
-use super::arrow_attention::{arrow_attention, ArrowConfig, ArrowMask};
-use super::block::{extended_position_ids, merge_heads, split_heads, LayerTail};
+use super::arrow_attention::{ArrowConfig, ArrowMask};
+use super::block::{attend, extended_position_ids, merge_heads, project, split_heads, AttentionSaved, LayerTail};
 use super::lora::{LoraConfig, LoraLinear};
 use super::LayerShared;
 use crate::nn::{mask_to_host, Activation, ForwardCtx, LayerNorm};
@@ -154,25 +154,37 @@ impl BertModel {
 
     /// Layer `i` on `x` `[B, T, hidden]`.
     pub fn layer(&self, i: usize, x: &Tensor, shared: &LayerShared, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let (attn, tail) = self.layer_attention(i, x, shared, ctx)?;
+        let (attn, tail) = self.layer_attention(i, x, shared, ctx, None)?;
         tail.forward(&attn, x, ctx)
     }
 
     /// Layer `i`'s tail (everything after the self-attention).
     pub(crate) fn layer_tail(&self, i: usize) -> Result<&LayerTail> {
-        Ok(&self.layers.get(i).ok_or_else(|| Error::Input(format!("no layer {i}")))?.tail)
+        Ok(&self.layer_ref(i)?.tail)
+    }
+
+    fn layer_ref(&self, i: usize) -> Result<&Layer> {
+        self.layers.get(i).ok_or_else(|| Error::Input(format!("no layer {i}")))
     }
 
     /// Layer `i` up to the merged heads of its self-attention `[B, T, hidden]`, and its tail.
-    pub(crate) fn layer_attention(&self, i: usize, x: &Tensor, shared: &LayerShared, ctx: &mut ForwardCtx) -> Result<(Tensor, &LayerTail)> {
+    /// With `keep` (graph off, CPU f32), what [`Self::attention_backward`] needs is saved there.
+    pub(crate) fn layer_attention(&self, i: usize, x: &Tensor, shared: &LayerShared, ctx: &mut ForwardCtx, mut keep: Option<&mut AttentionSaved>) -> Result<(Tensor, &LayerTail)> {
         let c = &self.config;
         let heads = c.num_attention_heads;
-        let l = self.layers.get(i).ok_or_else(|| Error::Input(format!("no layer {i}")))?;
-        let q = split_heads(&l.query.forward(x, ctx)?, heads)?;
-        let k = split_heads(&l.key.forward(x, ctx)?, heads)?;
-        let v = split_heads(&l.value.forward(x, ctx)?, heads)?;
-        let a = arrow_attention(&q, &k, &v, &shared.mask, None, shared.scale, c.attention_probs_dropout_prob, ctx)?;
+        let l = self.layer_ref(i)?;
+        let q = split_heads(&project(&l.query, x, ctx, keep.as_deref_mut().map(|s| &mut s.query))?, heads)?;
+        let k = split_heads(&project(&l.key, x, ctx, keep.as_deref_mut().map(|s| &mut s.key))?, heads)?;
+        let v = split_heads(&project(&l.value, x, ctx, keep.as_deref_mut().map(|s| &mut s.value))?, heads)?;
+        let a = attend(&q, &k, &v, shared, None, c.attention_probs_dropout_prob, ctx, keep)?;
         Ok((merge_heads(&a)?, &l.tail))
+    }
+
+    /// The backward pass of layer `i`'s self-attention from what [`Self::layer_attention`] kept
+    /// (see [`AttentionSaved::backward`]).
+    pub(crate) fn attention_backward(&self, i: usize, saved: &AttentionSaved, d_attn: &Tensor, grads: &mut Vec<(Var, Tensor)>) -> Result<Tensor> {
+        let l = self.layer_ref(i)?;
+        saved.backward(&l.query, &l.key, &l.value, None, None, d_attn, grads)
     }
 
     pub(crate) fn word_table(&self) -> &super::word_table::WordTable {

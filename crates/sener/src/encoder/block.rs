@@ -2,10 +2,13 @@
 //! output (`attention.output.{dense,LayerNorm}`) and the feed-forward block
 //! (`intermediate.dense`, `output.{dense,LayerNorm}`), both post-LayerNorm with residuals.
 
-use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
-use super::lora::LoraLinear;
+use candle_core::{Tensor, Var};
+
+use super::arrow_attention::{arrow_attention, RelativeTerms};
+use super::arrow_attention_cpu::{arrow_attention_saved, ArrowSaved};
+use super::lora::{LinearSaved, LoraLinear};
 use crate::nn::{Activation, ForwardCtx, LayerNorm};
 use crate::Result;
 
@@ -82,7 +85,7 @@ impl LayerTail {
     /// own backward passes; adapter gradients are added to `grads`. candle's recorded backward of
     /// the same ops cost about three times their forward (a `zeros_like` and an `add` per op
     /// input).
-    pub fn backward_by_hand(&self, attn: &Tensor, x: &Tensor, g: &Tensor, ctx: &mut ForwardCtx, grads: &mut Vec<(candle_core::Var, Tensor)>) -> Result<(Tensor, Tensor)> {
+    pub fn backward_by_hand(&self, attn: &Tensor, x: &Tensor, g: &Tensor, ctx: &mut ForwardCtx, grads: &mut Vec<(Var, Tensor)>) -> Result<(Tensor, Tensor)> {
         use candle_core::{CustomOp1, CustomOp3};
         let hidden = x.dim(candle_core::D::Minus1)?;
         let rows = x.elem_count() / hidden.max(1);
@@ -115,6 +118,96 @@ impl LayerTail {
         let du1 = du1.reshape(ao.shape())?;
         let d_attn = self.attention_output.dense.backward(&ao_s, &times(&du1, &m1)?, grads)?;
         Ok((d_attn.reshape(attn.shape())?, du1.reshape(x.shape())?))
+    }
+}
+
+/// What the hand-written backward of a self-attention needs from its forward pass: the saved
+/// inputs of its projections and the arrow attention's own state. Filled by a layer's
+/// `layer_attention` run with the graph off (`keep`), in the same order and with the same dropout
+/// draws as the plain forward pass, since both go through [`project`] and [`attend`].
+#[derive(Default)]
+pub(crate) struct AttentionSaved {
+    pub(crate) query: Option<LinearSaved>,
+    pub(crate) key: Option<LinearSaved>,
+    pub(crate) value: Option<LinearSaved>,
+    /// DeBERTa's relative tables, where an adapter-carrying projection made them (`share_att_key`).
+    pub(crate) pos_key: Option<LinearSaved>,
+    pub(crate) pos_query: Option<LinearSaved>,
+    arrow: Option<ArrowSaved>,
+}
+
+/// `l(x)`; with `keep` (graph off), the same value through [`LoraLinear::forward_saved`], whose
+/// state goes to the slot.
+pub(crate) fn project(l: &LoraLinear, x: &Tensor, ctx: &mut ForwardCtx, keep: Option<&mut Option<LinearSaved>>) -> Result<Tensor> {
+    match keep {
+        None => l.forward(x, ctx),
+        Some(slot) => {
+            let (y, s) = l.forward_saved(x, ctx)?;
+            *slot = Some(s);
+            Ok(y)
+        }
+    }
+}
+
+/// [`arrow_attention`] on `[B, H, T, d]` heads; with `keep` (graph off, CPU f32) the same value,
+/// dropout draws included, with its state kept for [`AttentionSaved::backward`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    shared: &super::LayerShared,
+    rel: Option<&RelativeTerms>,
+    dropout: f32,
+    ctx: &mut ForwardCtx,
+    keep: Option<&mut AttentionSaved>,
+) -> Result<Tensor> {
+    match keep {
+        None => arrow_attention(q, k, v, &shared.mask, rel, shared.scale, dropout, ctx),
+        Some(saved) => {
+            // the draws of `arrow_attention`'s fused training path
+            let dropout = if ctx.train { dropout } else { 0.0 };
+            let seed = if dropout > 0.0 { ctx.next_seed() } else { 0 };
+            let (y, s) = arrow_attention_saved(q, k, v, &shared.mask, rel, shared.scale, dropout, seed)?;
+            saved.arrow = Some(s);
+            Ok(y)
+        }
+    }
+}
+
+impl AttentionSaved {
+    /// The gradient at the layer input from the gradient `d_attn` `[B, T, H·d]` at the merged
+    /// heads; adapter (and trainable bias) gradients of the projections go to `grads`, those of
+    /// `pos_key` / `pos_query` (the projections that made the relative tables) included.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn backward(
+        &self,
+        query: &LoraLinear,
+        key: &LoraLinear,
+        value: &LoraLinear,
+        pos_key: Option<&LoraLinear>,
+        pos_query: Option<&LoraLinear>,
+        d_attn: &Tensor,
+        grads: &mut Vec<(Var, Tensor)>,
+    ) -> Result<Tensor> {
+        let missing = |what: &str| crate::Error::Input(format!("self-attention backward: no saved {what}"));
+        let arrow = self.arrow.as_ref().ok_or_else(|| missing("arrow attention"))?;
+        let heads = arrow.heads();
+        let g = arrow.backward(&split_heads(d_attn, heads)?)?;
+        let mut dx = query.backward(self.query.as_ref().ok_or_else(|| missing("query"))?, &merge_heads(&g.dq)?, grads)?;
+        dx = (dx + key.backward(self.key.as_ref().ok_or_else(|| missing("key"))?, &merge_heads(&g.dk)?, grads)?)?;
+        dx = (dx + value.backward(self.value.as_ref().ok_or_else(|| missing("value"))?, &merge_heads(&g.dv)?, grads)?)?;
+        // the tables: `[H, R, d]` gradients back to the `[R, H·d]` projections' outputs; only the
+        // projections' own parameters need them (the table's input is frozen here)
+        for (proj, saved, dt) in [(pos_key, &self.pos_key, g.dpos_key), (pos_query, &self.pos_query, g.dpos_query)] {
+            if let (Some(proj), Some(saved), Some(dt)) = (proj, saved, dt) {
+                if !proj.trainable().is_empty() {
+                    let (h, r, d) = dt.dims3()?;
+                    proj.backward(saved, &dt.transpose(0, 1)?.reshape((r, h * d))?, grads)?;
+                }
+            }
+        }
+        Ok(dx)
     }
 }
 

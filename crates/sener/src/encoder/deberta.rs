@@ -20,8 +20,8 @@ use candle_nn::VarBuilder;
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
-use super::arrow_attention::{arrow_attention, ArrowConfig, ArrowMask, RelativeTerms};
-use super::block::{extended_position_ids, merge_heads, split_heads, LayerTail};
+use super::arrow_attention::{ArrowConfig, ArrowMask, RelativeTerms};
+use super::block::{attend, extended_position_ids, merge_heads, project, split_heads, AttentionSaved, LayerTail};
 use super::lora::{LoraConfig, LoraLinear};
 use super::relative_position::RelativeIndex;
 use super::LayerShared;
@@ -290,24 +290,29 @@ impl DebertaV2Model {
 
     /// Layer `i` on `x` `[B, T, hidden]`.
     pub fn layer(&self, i: usize, x: &Tensor, shared: &LayerShared, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let (attn, tail) = self.layer_attention(i, x, shared, ctx)?;
+        let (attn, tail) = self.layer_attention(i, x, shared, ctx, None)?;
         tail.forward(&attn, x, ctx)
     }
 
     /// Layer `i`'s tail (everything after the self-attention).
     pub(crate) fn layer_tail(&self, i: usize) -> Result<&LayerTail> {
-        Ok(&self.layers.get(i).ok_or_else(|| Error::Input(format!("no layer {i}")))?.tail)
+        Ok(&self.layer_ref(i)?.tail)
+    }
+
+    fn layer_ref(&self, i: usize) -> Result<&Layer> {
+        self.layers.get(i).ok_or_else(|| Error::Input(format!("no layer {i}")))
     }
 
     /// Layer `i` up to the merged heads of its self-attention `[B, T, hidden]`, and its tail.
-    pub(crate) fn layer_attention(&self, i: usize, x: &Tensor, shared: &LayerShared, ctx: &mut ForwardCtx) -> Result<(Tensor, &LayerTail)> {
+    /// With `keep` (graph off, CPU f32), what [`Self::attention_backward`] needs is saved there.
+    pub(crate) fn layer_attention(&self, i: usize, x: &Tensor, shared: &LayerShared, ctx: &mut ForwardCtx, mut keep: Option<&mut AttentionSaved>) -> Result<(Tensor, &LayerTail)> {
         let c = &self.config;
         let heads = c.num_attention_heads;
-        let layer = self.layers.get(i).ok_or_else(|| Error::Input(format!("no layer {i}")))?;
+        let layer = self.layer_ref(i)?;
         let a = &layer.attn;
-        let q = split_heads(&a.query.forward(x, ctx)?, heads)?;
-        let k = split_heads(&a.key.forward(x, ctx)?, heads)?;
-        let v = split_heads(&a.value.forward(x, ctx)?, heads)?;
+        let q = split_heads(&project(&a.query, x, ctx, keep.as_deref_mut().map(|s| &mut s.query))?, heads)?;
+        let k = split_heads(&project(&a.key, x, ctx, keep.as_deref_mut().map(|s| &mut s.key))?, heads)?;
+        let v = split_heads(&project(&a.value, x, ctx, keep.as_deref_mut().map(|s| &mut s.value))?, heads)?;
         let terms = match &shared.rel {
             Some(r) => {
                 let r = ctx.dropout(r, c.hidden_dropout_prob)?; // HF `pos_dropout`
@@ -318,7 +323,7 @@ impl DebertaV2Model {
                 let pos_key = if c.c2p() {
                     Some(by_head(match &a.pos_key {
                         Some(pk) => pk.forward(&r, ctx)?,
-                        None => a.key.forward(&r, ctx)?,
+                        None => project(&a.key, &r, ctx, keep.as_deref_mut().map(|s| &mut s.pos_key))?,
                     })?)
                 } else {
                     None
@@ -326,7 +331,7 @@ impl DebertaV2Model {
                 let pos_query = if c.p2c() {
                     Some(by_head(match &a.pos_query {
                         Some(pq) => pq.forward(&r, ctx)?,
-                        None => a.query.forward(&r, ctx)?,
+                        None => project(&a.query, &r, ctx, keep.as_deref_mut().map(|s| &mut s.pos_query))?,
                     })?)
                 } else {
                     None
@@ -335,8 +340,16 @@ impl DebertaV2Model {
             }
             None => None,
         };
-        let ctx_layer = arrow_attention(&q, &k, &v, &shared.mask, terms.as_ref(), shared.scale, c.attention_probs_dropout_prob, ctx)?;
+        let ctx_layer = attend(&q, &k, &v, shared, terms.as_ref(), c.attention_probs_dropout_prob, ctx, keep)?;
         Ok((merge_heads(&ctx_layer)?, &layer.tail))
+    }
+
+    /// The backward pass of layer `i`'s self-attention from what
+    /// [`Self::layer_attention`] kept: the gradient at the layer input from the gradient at the
+    /// merged heads; adapter gradients go to `grads`.
+    pub(crate) fn attention_backward(&self, i: usize, saved: &AttentionSaved, d_attn: &Tensor, grads: &mut Vec<(Var, Tensor)>) -> Result<Tensor> {
+        let a = &self.layer_ref(i)?.attn;
+        saved.backward(&a.query, &a.key, &a.value, Some(&a.key), Some(&a.query), d_attn, grads)
     }
 
     pub(crate) fn word_table(&self) -> &super::word_table::WordTable {

@@ -302,12 +302,13 @@ impl Encoder {
         }
     }
 
-    /// Recomputation's backward of layer `i` with the tail by hand
-    /// ([`block::LayerTail::backward_by_hand`]): the self-attention (projections, relative
-    /// terms, the arrow attention op) through candle's recorded graph, the rest without one.
-    /// Returns the gradient at `x` from the output gradient `g`, parameter gradients go to
-    /// `sink`; `None` (nothing drawn or computed) where it does not apply: off the CPU's fused
-    /// path, under full fine-tuning, or with another activation than exact GELU.
+    /// Recomputation's backward of layer `i`, by hand and without a graph: the layer again from
+    /// `x` (same dropout draws) keeping what the backward passes need, then the tail's
+    /// ([`block::LayerTail::backward_by_hand`]) and the self-attention's
+    /// ([`block::AttentionSaved::backward`]: the arrow attention op's own backward and the
+    /// projections'). Returns the gradient at `x` from the output gradient `g`; parameter
+    /// gradients go to `sink`. `None` (nothing drawn or computed) where it does not apply: off
+    /// the CPU's fused path, under full fine-tuning, or with another activation than exact GELU.
     pub fn layer_backward(
         &self,
         i: usize,
@@ -324,17 +325,23 @@ impl Encoder {
         if self.is_fully_trainable() || !tail.by_hand(x, ctx) {
             return Ok(None);
         }
-        let leaf = Var::from_tensor(x)?;
-        let (attn, _) = match self {
-            Self::Deberta(m) => m.layer_attention(i, leaf.as_tensor(), shared, ctx)?,
-            Self::Bert(m) => m.layer_attention(i, leaf.as_tensor(), shared, ctx)?,
-        };
         let mut grads = Vec::new();
-        let (d_attn, d_x) = ctx.untracked(|ctx| tail.backward_by_hand(&attn.detach(), x, g, ctx, &mut grads))?;
-        let store = (attn * d_attn)?.sum_all()?.backward()?;
-        sink(&store)?;
+        let dx = ctx.untracked(|ctx| -> Result<Tensor> {
+            let mut saved = block::AttentionSaved::default();
+            let (attn, _) = match self {
+                Self::Deberta(m) => m.layer_attention(i, x, shared, ctx, Some(&mut saved))?,
+                Self::Bert(m) => m.layer_attention(i, x, shared, ctx, Some(&mut saved))?,
+            };
+            let (d_attn, d_res) = tail.backward_by_hand(&attn, x, g, ctx, &mut grads)?;
+            drop(attn);
+            let d_x = match self {
+                Self::Deberta(m) => m.attention_backward(i, &saved, &d_attn, &mut grads)?,
+                Self::Bert(m) => m.attention_backward(i, &saved, &d_attn, &mut grads)?,
+            };
+            Ok((d_x + d_res)?)
+        })?;
         crate::span::bispa::sink_grads(&grads, sink)?;
-        Ok(Some((crate::train::recompute::grad_of(&store, &leaf)? + d_x)?))
+        Ok(Some(dx))
     }
 
     fn check_input(&self, ids: &Tensor, mask: &Tensor) -> Result<()> {

@@ -135,8 +135,8 @@ pub struct BiSpaBlock {
     /// tests, to exercise the chunk edges.)
     pub row_chunk: usize,
     /// Inference under `--dtype bf16` ([`super::SpanModel::set_precision`]): the row attention's
-    /// K×K products with this kernel, and with AMX the band convolutions too. Gradient passes
-    /// stay f32.
+    /// K×K products with this kernel; with AMX the band convolutions of every pass without a
+    /// graph too. Gradient passes keep the row attention in f32.
     pub bf16: Option<crate::gemm_bf16::Bf16Kernel>,
 }
 
@@ -336,13 +336,11 @@ impl BiSpaBlock {
         let (b, rows, kk, c) = pre.dims4()?;
         let cells = b * rows * kk;
         // ---- forward, keeping the intermediates ----
-        // f32 products, as in a recorded pass (the graph is off here, which would pick bf16)
-        let (mut op_h, xh, wh, bh) = self.projected(pre, &self.h_qkv, valid, rope, ctx)?;
-        op_h.bf16 = None;
-        let zh = xh.apply_op3_no_bwd(&wh, &bh, &op_h)?; // [B·rows, K, c]
-        let (mut op_v, xv, wv, bv) = self.projected(pre_v, &self.v_qkv, valid, rope, ctx)?;
-        op_v.bf16 = None;
-        let zv = xv.apply_op3_no_bwd(&wv, &bv, &op_v)?;
+        // (each direction keeps its rows' attention weights for its backward pass below)
+        let (op_h, xh, wh, bh) = self.projected(pre, &self.h_qkv, valid, rope, ctx)?;
+        let (zh, saved_h) = op_h.forward_saved(&xh, &wh, &bh)?; // [B·rows, K, c]
+        let (op_v, xv, wv, bv) = self.projected(pre_v, &self.v_qkv, valid, rope, ctx)?;
+        let (zv, saved_v) = op_v.forward_saved(&xv, &wv, &bv)?;
         let cat = Tensor::cat(&[&zh, &zv], 2)?.reshape((b, rows, kk, 2 * c))?;
         let d = self.dense.forward(&cat, ctx)?;
         // the factor on `d`: dropout mask (the same draws as `ctx.dropout(&d)`) times the rows
@@ -372,13 +370,15 @@ impl BiSpaBlock {
         let dcat = dd.matmul(&self.dense.weight.as_tensor().detach())?; // [cells, 2c]
         let dz = |at: usize| -> Result<Tensor> { Ok(dcat.narrow(1, at, c)?.contiguous()?.reshape((b * rows, kk, c))?) };
         let mut g_x = Vec::with_capacity(2);
-        for ((op, x3, w, bias, z), (lin, at)) in [(op_h, xh, wh, bh, zh), (op_v, xv, wv, bv, zv)].into_iter().zip([(&self.h_qkv, 0), (&self.v_qkv, c)]) {
-            let (dx, dw, db) = op.bwd(&x3, &w, &bias, &z, &dz(at)?)?;
-            add_grad(grads, &lin.weight, dw.ok_or_else(missing)?)?;
+        drop((zh, zv));
+        for ((op, saved, x3, w), (lin, at)) in [(op_h, saved_h, xh, wh), (op_v, saved_v, xv, wv)].into_iter().zip([(&self.h_qkv, 0), (&self.v_qkv, c)]) {
+            let (dx, dw, db) = op.backward_saved(&saved, &x3, &w, &dz(at)?)?;
+            drop(saved);
+            add_grad(grads, &lin.weight, dw)?;
             if let Some(bv) = &lin.bias {
-                add_grad(grads, bv, db.ok_or_else(missing)?)?;
+                add_grad(grads, bv, db)?;
             }
-            g_x.push(dx.ok_or_else(missing)?.reshape((b, rows, kk, c))?);
+            g_x.push(dx.reshape((b, rows, kk, c))?);
         }
         let g_pre_v = g_x.pop().ok_or_else(missing)?;
         let g_pre = (du.reshape((b, rows, kk, c))? + g_x.pop().ok_or_else(missing)?)?;
@@ -574,7 +574,9 @@ impl BiSpaBlock {
         let dropout = if ctx.train { self.dropout } else { 0.0 };
         let seed = if dropout > 0.0 { ctx.next_seed() } else { 0 };
         let host = |t: &Tensor| -> Result<std::sync::Arc<Vec<f32>>> { Ok(std::sync::Arc::new(t.flatten_all()?.to_vec1::<f32>()?)) };
-        let inference = dropout == 0.0 && !x.track_op() && !ctx.param(&qkv.weight).track_op();
+        // bf16 products at inference only: in training they made the step no faster (the
+        // products of a row are small, and rounding their operands costs about what it saves)
+        let inference = dropout == 0.0 && !ctx.grad;
         let op = super::row_attention::ProjectedRowAttention {
             attn: super::row_attention::RowAttention { valid: std::sync::Arc::new(mask), scale: 1.0 / (c as f32).sqrt(), dropout, seed },
             bf16: self.bf16.filter(|_| inference),

@@ -113,9 +113,9 @@ impl SpanModel {
     }
 
     /// Fused row attention in the BiSPA blocks (default on; applies to f32 on the CPU).
-    /// At inference with `p` bf16: the BiSPA row attention's K×K products in bf16 and, with the
-    /// AMX kernel, the band convolutions; the biaffine, projections, soft-max, LayerNorms and head
-    /// stay f32, and so does every gradient pass.
+    /// With `p` bf16: the BiSPA row attention's K×K products at inference in bf16 and,
+    /// with the AMX kernel, the band convolutions of passes without a graph; the biaffine,
+    /// projections, soft-max, LayerNorms, head and every other gradient stay f32.
     pub fn set_precision(&mut self, p: crate::gemm_bf16::Precision) {
         let kernel = match p {
             crate::gemm_bf16::Precision::F32 => None,
