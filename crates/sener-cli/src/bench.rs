@@ -721,16 +721,16 @@ pub fn run_train_step_one(a: BenchTrainStepOneArgs) -> Result<()> {
     let mut ctx = ForwardCtx::train(0).with_kernels(a.kernels);
     let mut times = Vec::new();
     sener::mem::reset_peak_rss();
-    let recompute = a.recompute.applies(batch.ids.elem_count(), ctx.fused_on(&dev));
+    let plan = a.recompute.plan(batch.ids.elem_count(), ctx.fused_on(&dev), model.encoder.saved_layer_bytes());
     for _ in 0..a.steps.max(1) {
         let t0 = Instant::now();
-        let step = loss_and_grads(&model, &batch, &lab.labels, 1.0, 1.0, &mut ctx, recompute)?;
+        let step = loss_and_grads(&model, &batch, &lab.labels, 1.0, 1.0, &mut ctx, plan)?;
         opt.step_with(|name, _| step.grads.get(name).cloned(), 1.0)?;
         dev.synchronize()?;
         times.push(t0.elapsed().as_secs_f64());
     }
     let later = if times.len() > 1 { times[1..].iter().sum::<f64>() / (times.len() - 1) as f64 } else { times[0] };
-    let v = serde_json::json!({"tokens": a.length, "words": words, "dtype": precision.describe(), "recompute": recompute, "kernels": a.kernels.as_str(), "finetune": a.finetune.as_str(), "first_step_seconds": times[0], "step_seconds": later,
+    let v = serde_json::json!({"tokens": a.length, "words": words, "dtype": precision.describe(), "recompute": plan.recompute, "keep_encoder": plan.keep_encoder, "kernels": a.kernels.as_str(), "finetune": a.finetune.as_str(), "first_step_seconds": times[0], "step_seconds": later,
         "peak_rss": sener::mem::peak_rss().unwrap_or(0)});
     println!("{v}");
     Ok(())

@@ -79,26 +79,26 @@ impl LayerTail {
         self.activation == Activation::Gelu && ctx.fused(x) && !self.attention_output.norm.weight.is_variable() && !self.output.norm.weight.is_variable()
     }
 
-    /// Recomputation's backward of the tail, by hand (`ctx.track` off): [`Self::forward`] again
-    /// with the same dropout draws, keeping its intermediates, then the gradients at `attn` and at
-    /// `x` (the residual) from the output gradient `g`, through the fused LayerNorm and GELU ops'
-    /// own backward passes; adapter gradients are added to `grads`. candle's recorded backward of
-    /// the same ops cost about three times their forward (a `zeros_like` and an `add` per op
-    /// input).
+    /// Recomputation's backward of the tail, by hand (`ctx.track` off): [`Self::forward_saved`]
+    /// (the same dropout draws as [`Self::forward`]), then [`Self::backward`]. Returns the
+    /// gradients at `attn` and at `x` (the residual) from the output gradient `g`; adapter
+    /// gradients are added to `grads`.
     pub fn backward_by_hand(&self, attn: &Tensor, x: &Tensor, g: &Tensor, ctx: &mut ForwardCtx, grads: &mut Vec<(Var, Tensor)>) -> Result<(Tensor, Tensor)> {
-        use candle_core::{CustomOp1, CustomOp3};
+        let (_, saved) = self.forward_saved(attn, x, ctx)?;
+        self.backward(&saved, g, grads)
+    }
+
+    /// [`Self::forward`] without a graph, the same ops and dropout draws, keeping what
+    /// [`Self::backward`] needs (applies where [`Self::by_hand`] says so).
+    pub(crate) fn forward_saved(&self, attn: &Tensor, x: &Tensor, ctx: &mut ForwardCtx) -> Result<(Tensor, TailSaved)> {
         let hidden = x.dim(candle_core::D::Minus1)?;
         let rows = x.elem_count() / hidden.max(1);
-        let missing = || crate::Error::Input("a fused backward returned no gradient".into());
-        let ln = |r: &ResidualDense| -> (crate::nn::LayerNormOp, Tensor, Tensor) {
-            (crate::nn::LayerNormOp { eps: r.norm.eps }, r.norm.weight.detach(), r.norm.bias.detach())
-        };
         let times = |y: &Tensor, m: &Option<Tensor>| crate::nn::mask_mul(y, m.as_ref());
-        // ---- forward, keeping the intermediates ----
         let (ao, ao_s) = self.attention_output.dense.forward_saved(attn, ctx)?;
         let m1 = ctx.dropout_mask(&ao, self.attention_output.dropout)?;
         let u1 = (times(&ao, &m1)? + x)?.contiguous()?.reshape((rows, hidden))?;
-        let (op1, w1, b1) = ln(&self.attention_output);
+        drop(ao);
+        let (op1, w1, b1) = norm_op(&self.attention_output);
         let a = u1.apply_op3_no_bwd(&w1, &b1, &op1)?;
         let (pre, pre_s) = self.intermediate.forward_saved(&a, ctx)?;
         let pre = pre.contiguous()?;
@@ -106,19 +106,52 @@ impl LayerTail {
         let (o, o_s) = self.output.dense.forward_saved(&act, ctx)?;
         let m2 = ctx.dropout_mask(&o, self.output.dropout)?;
         let u2 = (times(&o, &m2)? + &a)?.contiguous()?;
-        // ---- backward ----
-        let (op2, w2, b2) = ln(&self.output);
-        let (du2, _, _) = op2.bwd(&u2, &w2, &b2, &u2, &g.contiguous()?.reshape((rows, hidden))?)?;
-        let du2 = du2.ok_or_else(missing)?;
-        let d_act = self.output.dense.backward(&o_s, &times(&du2, &m2)?, grads)?;
-        let d_pre = crate::nn::GeluErfOp.bwd(&pre, &act, &d_act.contiguous()?)?.ok_or_else(missing)?;
-        let d_a = (self.intermediate.backward(&pre_s, &d_pre, grads)? + du2)?;
-        let (du1, _, _) = op1.bwd(&u1, &w1, &b1, &u1, &d_a.contiguous()?)?;
-        let du1 = du1.ok_or_else(missing)?;
-        let du1 = du1.reshape(ao.shape())?;
-        let d_attn = self.attention_output.dense.backward(&ao_s, &times(&du1, &m1)?, grads)?;
-        Ok((d_attn.reshape(attn.shape())?, du1.reshape(x.shape())?))
+        let (op2, w2, b2) = norm_op(&self.output);
+        let y = u2.apply_op3_no_bwd(&w2, &b2, &op2)?.reshape(x.shape())?;
+        Ok((y, TailSaved { shape: x.shape().clone(), ao_s, m1, u1, pre_s, pre, act, o_s, m2, u2 }))
     }
+
+    /// The gradients at the tail's `attn` and `x` from the output gradient `g`, through the fused
+    /// LayerNorm and GELU ops' own backward passes; adapter gradients are added to `grads`.
+    /// candle's recorded backward of the same ops cost about three times their forward (a
+    /// `zeros_like` and an `add` per op input).
+    pub(crate) fn backward(&self, s: &TailSaved, g: &Tensor, grads: &mut Vec<(Var, Tensor)>) -> Result<(Tensor, Tensor)> {
+        use candle_core::{CustomOp1, CustomOp3};
+        let missing = || crate::Error::Input("a fused backward returned no gradient".into());
+        let times = |y: &Tensor, m: &Option<Tensor>| crate::nn::mask_mul(y, m.as_ref());
+        let (op2, w2, b2) = norm_op(&self.output);
+        let (du2, _, _) = op2.bwd(&s.u2, &w2, &b2, &s.u2, &g.contiguous()?.reshape(s.u2.shape())?)?;
+        let du2 = du2.ok_or_else(missing)?;
+        let d_act = self.output.dense.backward(&s.o_s, &times(&du2, &s.m2)?, grads)?;
+        let d_pre = crate::nn::GeluErfOp.bwd(&s.pre, &s.act, &d_act.contiguous()?)?.ok_or_else(missing)?;
+        let d_a = (self.intermediate.backward(&s.pre_s, &d_pre, grads)? + du2)?;
+        let (op1, w1, b1) = norm_op(&self.attention_output);
+        let (du1, _, _) = op1.bwd(&s.u1, &w1, &b1, &s.u1, &d_a.contiguous()?)?;
+        let du1 = du1.ok_or_else(missing)?.reshape(&s.shape)?;
+        let d_attn = self.attention_output.dense.backward(&s.ao_s, &times(&du1, &s.m1)?, grads)?;
+        Ok((d_attn, du1))
+    }
+}
+
+/// The fused LayerNorm op of a residual block with its (frozen) weight and bias.
+fn norm_op(r: &ResidualDense) -> (crate::nn::LayerNormOp, Tensor, Tensor) {
+    (crate::nn::LayerNormOp { eps: r.norm.eps }, r.norm.weight.detach(), r.norm.bias.detach())
+}
+
+/// What [`LayerTail::backward`] needs from [`LayerTail::forward_saved`]: the linear layers'
+/// saved inputs, the dropout masks, the LayerNorms' inputs (`[rows, hidden]`) and the GELU's
+/// input and output.
+pub(crate) struct TailSaved {
+    shape: candle_core::Shape,
+    ao_s: LinearSaved,
+    m1: Option<Tensor>,
+    u1: Tensor,
+    pre_s: LinearSaved,
+    pre: Tensor,
+    act: Tensor,
+    o_s: LinearSaved,
+    m2: Option<Tensor>,
+    u2: Tensor,
 }
 
 /// What the hand-written backward of a self-attention needs from its forward pass: the saved

@@ -52,6 +52,12 @@ pub enum Encoder {
     Bert(bert::BertModel),
 }
 
+/// What the backward pass by hand of one layer needs ([`Encoder::layer_forward_saved`]).
+pub struct LayerSaved {
+    attn: block::AttentionSaved,
+    tail: block::TailSaved,
+}
+
 /// What every encoder layer of one batch shares: the arrow masks, the score scale and (DeBERTa)
 /// the normalised relative-position table. Built by [`Encoder::begin`].
 pub struct LayerShared {
@@ -302,13 +308,11 @@ impl Encoder {
         }
     }
 
-    /// Recomputation's backward of layer `i`, by hand and without a graph: the layer again from
-    /// `x` (same dropout draws) keeping what the backward passes need, then the tail's
-    /// ([`block::LayerTail::backward_by_hand`]) and the self-attention's
-    /// ([`block::AttentionSaved::backward`]: the arrow attention op's own backward and the
-    /// projections'). Returns the gradient at `x` from the output gradient `g`; parameter
-    /// gradients go to `sink`. `None` (nothing drawn or computed) where it does not apply: off
-    /// the CPU's fused path, under full fine-tuning, or with another activation than exact GELU.
+    /// Recomputation's backward of layer `i`, by hand and without a graph:
+    /// [`Self::layer_forward_saved`] again from `x` (same dropout draws), then
+    /// [`Self::layer_backward_saved`]. Returns the gradient at `x` from the output gradient `g`;
+    /// parameter gradients go to `sink`. `None` (nothing drawn or computed) where it does not
+    /// apply (see [`Self::layer_forward_saved`]).
     pub fn layer_backward(
         &self,
         i: usize,
@@ -318,6 +322,19 @@ impl Encoder {
         ctx: &mut ForwardCtx,
         sink: &mut dyn FnMut(&candle_core::backprop::GradStore) -> Result<()>,
     ) -> Result<Option<Tensor>> {
+        match self.layer_forward_saved(i, x, shared, ctx)? {
+            Some((_, saved)) => Ok(Some(self.layer_backward_saved(i, &saved, g, sink)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Layer `i` ([`Self::layer`], the same value and dropout draws) without a graph, keeping
+    /// what its backward pass by hand needs ([`Self::layer_backward_saved`]): the
+    /// self-attention's ([`block::AttentionSaved`]) and the tail's ([`block::TailSaved`]).
+    /// About `(12·hidden + 2·intermediate)` floats a token ([`Self::saved_layer_bytes`]).
+    /// `None` (nothing drawn or computed) where the backward by hand does not apply: off the
+    /// CPU's fused path, under full fine-tuning, or with another activation than exact GELU.
+    pub fn layer_forward_saved(&self, i: usize, x: &Tensor, shared: &LayerShared, ctx: &mut ForwardCtx) -> Result<Option<(Tensor, LayerSaved)>> {
         let tail = match self {
             Self::Deberta(m) => m.layer_tail(i)?,
             Self::Bert(m) => m.layer_tail(i)?,
@@ -325,23 +342,41 @@ impl Encoder {
         if self.is_fully_trainable() || !tail.by_hand(x, ctx) {
             return Ok(None);
         }
-        let mut grads = Vec::new();
-        let dx = ctx.untracked(|ctx| -> Result<Tensor> {
-            let mut saved = block::AttentionSaved::default();
+        ctx.untracked(|ctx| {
+            let mut attn_saved = block::AttentionSaved::default();
             let (attn, _) = match self {
-                Self::Deberta(m) => m.layer_attention(i, x, shared, ctx, Some(&mut saved))?,
-                Self::Bert(m) => m.layer_attention(i, x, shared, ctx, Some(&mut saved))?,
+                Self::Deberta(m) => m.layer_attention(i, x, shared, ctx, Some(&mut attn_saved))?,
+                Self::Bert(m) => m.layer_attention(i, x, shared, ctx, Some(&mut attn_saved))?,
             };
-            let (d_attn, d_res) = tail.backward_by_hand(&attn, x, g, ctx, &mut grads)?;
-            drop(attn);
-            let d_x = match self {
-                Self::Deberta(m) => m.attention_backward(i, &saved, &d_attn, &mut grads)?,
-                Self::Bert(m) => m.attention_backward(i, &saved, &d_attn, &mut grads)?,
-            };
-            Ok((d_x + d_res)?)
-        })?;
+            let (y, tail_saved) = tail.forward_saved(&attn, x, ctx)?;
+            Ok(Some((y, LayerSaved { attn: attn_saved, tail: tail_saved })))
+        })
+    }
+
+    /// The backward pass of layer `i` from what [`Self::layer_forward_saved`] kept: the tail's
+    /// ([`block::LayerTail::backward`]) and the self-attention's ([`block::AttentionSaved::backward`]:
+    /// the arrow attention op's own backward and the projections'), without a graph. Returns the
+    /// gradient at the layer input from the output gradient `g`; parameter gradients go to `sink`.
+    pub fn layer_backward_saved(&self, i: usize, saved: &LayerSaved, g: &Tensor, sink: &mut dyn FnMut(&candle_core::backprop::GradStore) -> Result<()>) -> Result<Tensor> {
+        let tail = match self {
+            Self::Deberta(m) => m.layer_tail(i)?,
+            Self::Bert(m) => m.layer_tail(i)?,
+        };
+        let mut grads = Vec::new();
+        let (d_attn, d_res) = tail.backward(&saved.tail, g, &mut grads)?;
+        let d_x = match self {
+            Self::Deberta(m) => m.attention_backward(i, &saved.attn, &d_attn, &mut grads)?,
+            Self::Bert(m) => m.attention_backward(i, &saved.attn, &d_attn, &mut grads)?,
+        };
         crate::span::bispa::sink_grads(&grads, sink)?;
-        Ok(Some(dx))
+        Ok((d_x + d_res)?)
+    }
+
+    /// Bytes that [`Self::layer_forward_saved`] keeps per token, for every layer together
+    /// (f32): the q/k/v copies, output and adapter dropout masks of the self-attention, and the
+    /// tail's LayerNorm inputs, dropout masks and intermediate activations.
+    pub fn saved_layer_bytes(&self) -> usize {
+        (12 * self.hidden_size() + 2 * self.intermediate_size()) * 4 * self.num_layers()
     }
 
     fn check_input(&self, ids: &Tensor, mask: &Tensor) -> Result<()> {

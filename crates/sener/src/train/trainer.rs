@@ -183,7 +183,9 @@ pub struct TrainConfig {
     /// BCE of ~10⁵ at step 1 against ~10² for a constant predictor).
     pub prior_bias: bool,
     /// Recompute stage activations in the backward pass instead of keeping the whole graph
-    /// (see [`super::recompute`]): `auto` (micro-batches of ≥ 2,048 tokens), `always`, `never`.
+    /// (see [`super::recompute`]): `auto` (on the CPU's fused path always, keeping the encoder
+    /// layers' states while they fit [`super::recompute::KEEP_ENCODER_BYTES`]; elsewhere
+    /// micro-batches of ≥ 2,048 tokens), `always` (every stage, the least memory), `never`.
     pub recompute: Recompute,
     /// Weight of the positive cells in the BCE loss (1: the paper's unweighted sum).
     pub pos_weight: f64,
@@ -1091,8 +1093,8 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
             let gold: Vec<Vec<GoldSpan>> = idxs.iter().map(|&i| train_split.examples[i].gold.clone()).collect();
             let lab = band_labels(&gold, &batch.words, n, band, labels.len(), device)?;
             // Mean over the effective batch: each micro-batch loss (mean over its rows) / accum.
-            let recompute = cfg.recompute.applies(batch.ids.elem_count(), ctx.fused_on(device));
-            let step = loss_and_grads(&model, &batch, &lab.labels, 1.0 / accum as f64, cfg.pos_weight, &mut ctx, recompute)?;
+            let plan = cfg.recompute.plan(batch.ids.elem_count(), ctx.fused_on(device), model.encoder.saved_layer_bytes());
+            let step = loss_and_grads(&model, &batch, &lab.labels, 1.0 / accum as f64, cfg.pos_weight, &mut ctx, plan)?;
             acc_loss += step.loss;
             for (name, g) in step.grads {
                 let sum = match acc.remove(&name) {
