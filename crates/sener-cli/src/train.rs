@@ -112,8 +112,9 @@ pub struct TrainArgs {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub calibrate: Option<bool>,
     /// Recompute activations in the backward pass instead of keeping them: auto (always on the
-    /// CPU's fused path, where it is faster too; elsewhere micro-batches of 2,048 tokens or more),
-    /// always or never. Costs one more forward pass; cuts a step's memory several-fold. [auto]
+    /// CPU's fused path, where it is faster too, keeping the encoder layers' states while they
+    /// fit 3 GiB; elsewhere micro-batches of 2,048 tokens or more), always (every stage: the
+    /// least memory) or never. Cuts a step's memory several-fold. [auto]
     #[arg(long)]
     pub recompute: Option<Recompute>,
     /// Precision of the frozen encoder weights' products: f32, bf16 (bf16 inputs, f32
