@@ -96,3 +96,22 @@ impl DtypeArgs {
         Ok(p)
     }
 }
+
+/// Subwords below which a first forward is not worth warming for (its working set is small).
+const WARM_MIN_TOKENS: usize = 1024;
+
+/// Warms the allocator on a thread (see [`sener::mem::warm_heap`]) for a first forward over
+/// `tokens` subwords with the model in `model_dir`, while the caller loads the model: join the
+/// handle before the first forward. `None` off the CPU, for short inputs, or where the model's
+/// `sener.json` cannot be read (loading will say why).
+pub fn warm_for_first_forward(model_dir: &std::path::Path, tokens: usize, device: &candle_core::Device) -> Option<std::thread::JoinHandle<()>> {
+    if !device.is_cpu() || tokens < WARM_MIN_TOKENS {
+        return None;
+    }
+    let cfg = sener::model::SenerConfig::read(model_dir).ok()?;
+    let bytes = cfg.working_set_bytes(tokens);
+    Some(std::thread::spawn(move || {
+        let took = sener::mem::warm_heap(bytes);
+        tracing::debug!(mib = bytes >> 20, seconds = took.as_secs_f64(), "allocator warmed for the first forward");
+    }))
+}

@@ -143,6 +143,15 @@ impl Pending {
             Pending::Loaded { name, .. } => name.clone(),
         }
     }
+
+    /// Bytes of text, where known before reading (a file's size; standard input: unknown).
+    fn size_hint(&self) -> Option<u64> {
+        match self {
+            Pending::Text(Source::File(p)) => std::fs::metadata(p).ok().map(|m| m.len()),
+            Pending::Text(Source::Stdin) => None,
+            Pending::Loaded { text, .. } => Some(text.len() as u64),
+        }
+    }
 }
 
 /// A document ready for the model.
@@ -504,7 +513,14 @@ fn run_inner(a: ExtractArgs) -> Result<()> {
 
     let device = crate::common::parse_device(&a.device)?;
     let model_dir = crate::common::model_dir(&a.model)?;
+    // The first forward's fresh pages are faulted in on a thread while the model loads, sized
+    // for the longest input (about 4 bytes of text a subword; standard input is not known yet).
+    let longest = pending.iter().filter_map(Pending::size_hint).max().unwrap_or(0);
+    let warm = crate::common::warm_for_first_forward(&model_dir, (longest / 4) as usize, &device);
     let mut ex = Extractor::load_on(&model_dir, &device).with_context(|| format!("loading model {}", a.model.display()))?;
+    if let Some(h) = warm {
+        h.join().map_err(|_| anyhow!("the allocator warm-up thread panicked"))?;
+    }
     a.dtype.apply(&mut ex.model)?;
     let max_len = a.max_len.unwrap_or(ex.model.config.max_len);
     SegmentConfig { max_len, overlap: a.overlap }.validate().context("--max-len / --overlap")?;

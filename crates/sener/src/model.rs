@@ -79,6 +79,14 @@ fn default_max_len() -> usize {
     5120
 }
 
+impl SenerConfig {
+    /// [`SpanConfig::working_set_bytes`] for the first segment of a document of `tokens`
+    /// subwords (at most `max_len`; about 4 subwords to 3 words, as in English text).
+    pub fn working_set_bytes(&self, tokens: usize) -> usize {
+        self.span.working_set_bytes(tokens.min(self.max_len) * 3 / 4)
+    }
+}
+
 /// Padded tokens per forward pass when [`Sener::predict_batch`] packs segments (a 512-token
 /// model runs 8 segments a pass; a segment longer than this runs alone).
 pub const BATCH_TOKENS: usize = 4096;
