@@ -295,7 +295,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
 
     let device = crate::common::parse_device(&a.device)?;
     let model_dir = crate::common::model_dir(&a.model)?;
+    // a request may be a whole segment long: its first forward's pages are faulted in while
+    // the model loads (see `sener::mem::warm_heap`)
+    let warm = crate::common::warm_for_first_forward(&model_dir, a.max_len.unwrap_or(usize::MAX), &device);
     let mut ex = Extractor::load_on(&model_dir, &device).with_context(|| format!("loading model {}", a.model.display()))?;
+    if let Some(h) = warm {
+        h.join().map_err(|_| anyhow::anyhow!("the allocator warm-up thread panicked"))?;
+    }
     a.dtype.apply(&mut ex.model)?;
     let segments = SegmentConfig { max_len: a.max_len.unwrap_or(ex.model.config.max_len), overlap: a.overlap };
     segments.validate().context("--max-len / --overlap")?;

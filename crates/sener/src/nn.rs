@@ -372,6 +372,12 @@ impl LayerNorm {
     }
 }
 
+/// The error for a gradient that a fused op's own backward pass did not return (it always
+/// does: this is a bug, reported rather than a panic). For `Option::ok_or_else`.
+pub(crate) fn no_grad() -> crate::Error {
+    crate::Error::Input("a fused backward returned no gradient".into())
+}
+
 /// `x ⊙ mask`, or `x` itself without a mask ([`ForwardCtx::dropout_mask`]).
 pub(crate) fn mask_mul(x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     Ok(match mask {

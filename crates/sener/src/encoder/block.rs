@@ -117,17 +117,16 @@ impl LayerTail {
     /// `zeros_like` and an `add` per op input).
     pub(crate) fn backward(&self, s: &TailSaved, g: &Tensor, grads: &mut Vec<(Var, Tensor)>) -> Result<(Tensor, Tensor)> {
         use candle_core::{CustomOp1, CustomOp3};
-        let missing = || crate::Error::Input("a fused backward returned no gradient".into());
         let times = |y: &Tensor, m: &Option<Tensor>| crate::nn::mask_mul(y, m.as_ref());
         let (op2, w2, b2) = norm_op(&self.output);
         let (du2, _, _) = op2.bwd(&s.u2, &w2, &b2, &s.u2, &g.contiguous()?.reshape(s.u2.shape())?)?;
-        let du2 = du2.ok_or_else(missing)?;
+        let du2 = du2.ok_or_else(crate::nn::no_grad)?;
         let d_act = self.output.dense.backward(&s.o_s, &times(&du2, &s.m2)?, grads)?;
-        let d_pre = crate::nn::GeluErfOp.bwd(&s.pre, &s.act, &d_act.contiguous()?)?.ok_or_else(missing)?;
+        let d_pre = crate::nn::GeluErfOp.bwd(&s.pre, &s.act, &d_act.contiguous()?)?.ok_or_else(crate::nn::no_grad)?;
         let d_a = (self.intermediate.backward(&s.pre_s, &d_pre, grads)? + du2)?;
         let (op1, w1, b1) = norm_op(&self.attention_output);
         let (du1, _, _) = op1.bwd(&s.u1, &w1, &b1, &s.u1, &d_a.contiguous()?)?;
-        let du1 = du1.ok_or_else(missing)?.reshape(&s.shape)?;
+        let du1 = du1.ok_or_else(crate::nn::no_grad)?.reshape(&s.shape)?;
         let d_attn = self.attention_output.dense.backward(&s.ao_s, &times(&du1, &s.m1)?, grads)?;
         Ok((d_attn, du1))
     }

@@ -258,8 +258,7 @@ impl Biaffine {
         let mut dh: Option<Tensor> = None;
         for (d1, pre, act, inp, m, l) in [(dhs1, pre_h, hs, hd, m1, &self.head), (dhe1, pre_t, he, td, m2, &self.tail)] {
             let dact = d1.narrow(2, 0, size)?.contiguous()?;
-            let missing = || crate::Error::Input("the GELU backward returned no gradient".into());
-            let dpre = gelu.bwd(&pre, &act, &dact)?.ok_or_else(missing)?.reshape((b * n, size))?;
+            let dpre = gelu.bwd(&pre, &act, &dact)?.ok_or_else(crate::nn::no_grad)?.reshape((b * n, size))?;
             let inp2 = inp.reshape((b * n, ()))?;
             grads.push((l.weight.clone(), dpre.t()?.matmul(&inp2)?));
             if let Some(bias) = &l.bias {

@@ -356,10 +356,9 @@ impl BiSpaBlock {
         let (lw, lb) = (self.ln1.0.as_tensor().detach(), self.ln1.1.as_tensor().detach());
         let g2 = g.contiguous()?.reshape((cells, c))?;
         let (du, dlw, dlb) = ln.bwd(&u, &lw, &lb, &u, &g2)?;
-        let missing = || crate::Error::Input("a fused backward returned no gradient".into());
-        let du = du.ok_or_else(missing)?;
-        add_grad(grads, &self.ln1.0, dlw.ok_or_else(missing)?)?;
-        add_grad(grads, &self.ln1.1, dlb.ok_or_else(missing)?)?;
+        let du = du.ok_or_else(crate::nn::no_grad)?;
+        add_grad(grads, &self.ln1.0, dlw.ok_or_else(crate::nn::no_grad)?)?;
+        add_grad(grads, &self.ln1.1, dlb.ok_or_else(crate::nn::no_grad)?)?;
         // d = cat · Wdᵀ + bd
         let dd = (&du * f.reshape((cells, c))?)?;
         let cat2 = cat.reshape((cells, 2 * c))?;
@@ -380,8 +379,8 @@ impl BiSpaBlock {
             }
             g_x.push(dx.reshape((b, rows, kk, c))?);
         }
-        let g_pre_v = g_x.pop().ok_or_else(missing)?;
-        let g_pre = (du.reshape((b, rows, kk, c))? + g_x.pop().ok_or_else(missing)?)?;
+        let g_pre_v = g_x.pop().ok_or_else(crate::nn::no_grad)?;
+        let g_pre = (du.reshape((b, rows, kk, c))? + g_x.pop().ok_or_else(crate::nn::no_grad)?)?;
         Ok((g_pre, g_pre_v))
     }
 
@@ -407,22 +406,21 @@ impl BiSpaBlock {
         let cells = b * len * kk;
         let u = (y.narrow(1, at, len)? + h2d)?.contiguous()?.reshape((cells, c))?;
         // ---- backward ----
-        let missing = || crate::Error::Input("a fused backward returned no gradient".into());
         let ln = crate::nn::LayerNormOp { eps: 1e-5 };
         let (lw, lb) = (self.ln2.0.as_tensor().detach(), self.ln2.1.as_tensor().detach());
         let (du, dlw, dlb) = ln.bwd(&u, &lw, &lb, &u, &g.contiguous()?.reshape((cells, c))?)?;
-        add_grad(grads, &self.ln2.0, dlw.ok_or_else(missing)?)?;
-        add_grad(grads, &self.ln2.1, dlb.ok_or_else(missing)?)?;
-        let du = du.ok_or_else(missing)?.reshape((b, len, kk, c))?;
+        add_grad(grads, &self.ln2.0, dlw.ok_or_else(crate::nn::no_grad)?)?;
+        add_grad(grads, &self.ln2.1, dlb.ok_or_else(crate::nn::no_grad)?)?;
+        let du = du.ok_or_else(crate::nn::no_grad)?.reshape((b, len, kk, c))?;
         let dh2 = crate::nn::mask_mul(&du, mask.as_ref())?;
         let pad = |t: Tensor| -> Result<Tensor> { Ok(t.pad_with_zeros(1, at, rows - at - len)?.contiguous()?) };
         let (dbb, dw2) = conv.bwd(&bb, &w2, &bb, &pad(dh2)?)?;
-        add_grad(grads, &self.conv2, dw2.ok_or_else(missing)?)?;
-        let dh1g = dbb.ok_or_else(missing)?.broadcast_mul(&valid4)?.contiguous()?;
-        let dh1 = crate::nn::GeluErfOp.bwd(&h1, &h1g, &dh1g)?.ok_or_else(missing)?;
+        add_grad(grads, &self.conv2, dw2.ok_or_else(crate::nn::no_grad)?)?;
+        let dh1g = dbb.ok_or_else(crate::nn::no_grad)?.broadcast_mul(&valid4)?.contiguous()?;
+        let dh1 = crate::nn::GeluErfOp.bwd(&h1, &h1g, &dh1g)?.ok_or_else(crate::nn::no_grad)?;
         let (da, dw1) = conv.bwd(&a, &w1, &a, &dh1.contiguous()?)?;
-        add_grad(grads, &self.conv1, dw1.ok_or_else(missing)?)?;
-        Ok((da.ok_or_else(missing)?.broadcast_mul(&valid4)? + pad(du)?)?)
+        add_grad(grads, &self.conv1, dw1.ok_or_else(crate::nn::no_grad)?)?;
+        Ok((da.ok_or_else(crate::nn::no_grad)?.broadcast_mul(&valid4)? + pad(du)?)?)
     }
 
     /// Fused path: the gradients of `Σ x'·g_pre + Σ vᵀ(x')·g_pre_v` at `x` and at `pos_embed`
