@@ -3,7 +3,8 @@
 //! fixtures, shared memory and loopback only.
 //!
 //! - Two ranks with two micro-batches each per step take the steps one process takes with four
-//!   (dropout and whole-word masking on): weights equal to 1e-5 after 9 steps, and every rank
+//!   (dropout and whole-word masking on): weights equal to 1e-6 after 9 steps (0 measured: the
+//!   gradient sums are f64, so their order does not matter; f32 sums left 6e-6 to 1.4e-5), and every rank
 //!   ends with rank 0's weights.
 //! - A rank killed mid-run stops the whole job within seconds, and `--resume` with the same world
 //!   size then ends with exactly the weights of an uninterrupted two-rank run.
@@ -109,7 +110,8 @@ fn two_ranks_take_the_steps_of_one_process() {
     let two = mpirun(2, &train_args(&dir, 3, "two"), "equal").output().unwrap();
     ok(&two);
     let d = max_diff(&params(&dir, "one"), &params(&dir, "two"));
-    assert!(d < 1e-5, "two ranks moved {d} away from one process");
+    eprintln!("two ranks vs one process: largest weight difference {d:e}");
+    assert!(d < 1e-6, "two ranks moved {d} away from one process");
     let agree = log_event(&dir, "two", "ranks_agree").expect("ranks_agree logged");
     assert_eq!(agree["world"], 2);
     assert_eq!(agree["max_weight_diff"].as_f64(), Some(0.0), "{agree}");

@@ -793,6 +793,15 @@ fn flatten(tensors: &[Tensor]) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// [`flatten`] in f64 (the gradient sums).
+fn flatten_f64(tensors: &[Tensor]) -> Result<Vec<f64>> {
+    let mut out = Vec::new();
+    for t in tensors {
+        out.extend(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?);
+    }
+    Ok(out)
+}
+
 /// Sets the variables to consecutive pieces of `flat` (as [`flatten`] laid them out).
 fn unflatten_into(flat: &[f32], vars: &[(String, Var)]) -> Result<()> {
     let mut at = 0;
@@ -1096,7 +1105,11 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
             let plan = cfg.recompute.plan(batch.ids.elem_count(), ctx.fused_on(device), model.encoder.saved_layer_bytes());
             let step = loss_and_grads(&model, &batch, &lab.labels, 1.0 / accum as f64, cfg.pos_weight, &mut ctx, plan)?;
             acc_loss += step.loss;
+            // Accumulated in f64 and rounded once before the step: the sum of a step's
+            // micro-batch gradients then does not depend on their order, so N ranks (which add
+            // them in another order) take the step one process takes, not one a rounding away.
             for (name, g) in step.grads {
+                let g = g.to_dtype(DType::F64)?;
                 let sum = match acc.remove(&name) {
                     Some(a) => (a + g)?,
                     None => g,
@@ -1111,10 +1124,10 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
                     // Sum the gradients (and which tensors have one, and the loss) over the ranks.
                     let zeros: Vec<Tensor> = trainable
                         .iter()
-                        .map(|(n, v)| acc.get(n).cloned().map_or_else(|| v.as_tensor().zeros_like(), Ok))
+                        .map(|(n, v)| acc.get(n).cloned().map_or_else(|| v.as_tensor().zeros_like()?.to_dtype(DType::F64), Ok))
                         .collect::<candle_core::Result<_>>()?;
-                    let mut flat = flatten(&zeros)?;
-                    coll.all_reduce_sum(&mut flat)?;
+                    let mut flat = flatten_f64(&zeros)?;
+                    coll.all_reduce_sum_f64(&mut flat)?;
                     let mut meta: Vec<f64> = trainable.iter().map(|(n, _)| if acc.contains_key(n) { 1.0 } else { 0.0 }).collect();
                     meta.push(acc_loss);
                     coll.all_reduce_sum_f64(&mut meta)?;
@@ -1124,11 +1137,17 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
                     for ((name, v), has) in trainable.iter().zip(&meta) {
                         let n = v.elem_count();
                         if *has > 0.0 {
-                            acc.insert(name.clone(), Tensor::from_slice(&flat[at..at + n], v.shape(), v.device())?.to_dtype(v.dtype())?);
+                            acc.insert(name.clone(), Tensor::from_slice(&flat[at..at + n], v.shape(), v.device())?);
                         }
                         at += n;
                     }
                     allreduce_ms = Some(ta.elapsed().as_secs_f64() * 1e3);
+                }
+                // One rounding from the f64 sum to the weights' dtype.
+                for (name, v) in &trainable {
+                    if let Some(g) = acc.remove(name) {
+                        acc.insert(name.clone(), g.to_dtype(v.dtype())?);
+                    }
                 }
                 let factor = linear_schedule(opt.step, warmup, total);
                 let info = opt.step_with(|name, _| acc.get(name).cloned(), factor)?;
