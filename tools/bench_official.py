@@ -61,24 +61,24 @@ Deviations from the official code (and why)
   DeBERTa's disentangled attention; there is no arrow attention for BERT). It prints a "skipped" line.
 
 Install (Python >= 3.10; once):
-  python3 -m venv /work/runs/official-venv
-  /work/runs/official-venv/bin/pip install torch==2.5.1 transformers==4.46.3 peft==0.11.1 \
+  python3 -m venv target/official-venv
+  target/official-venv/bin/pip install torch==2.5.1 transformers==4.46.3 peft==0.11.1 \
       numpy safetensors sentencepiece FastNLP==1.0.1 wheel setuptools
   # optional, the compiled scatter_max the official code imports (builds from source, ~10+ min):
-  MAX_JOBS=1 FORCE_CUDA=0 /work/runs/official-venv/bin/pip install --no-build-isolation torch-scatter==2.1.2
+  MAX_JOBS=1 FORCE_CUDA=0 target/official-venv/bin/pip install --no-build-isolation torch-scatter==2.1.2
   # (the CPU-only index https://download.pytorch.org/whl/cpu is smaller, where reachable:
   #  pip install torch==2.5.1 --index-url https://download.pytorch.org/whl/cpu)
 
 The official code (no work tree in the mirror; export the sener/ folder):
-  mkdir -p /work/runs/official-src
+  mkdir -p target/official-src
   G=<mirror git dir of THUDM/scholar-profiling>
   git --git-dir=$G ls-tree -r --name-only HEAD sener | grep -v '^sener/data/' | while read f; do
-      mkdir -p /work/runs/official-src/$(dirname $f); git --git-dir=$G show HEAD:$f > /work/runs/official-src/$f; done
+      mkdir -p target/official-src/$(dirname $f); git --git-dir=$G show HEAD:$f > target/official-src/$f; done
 
 Run (from the repository root):
-  /work/runs/official-venv/bin/python tools/bench_official.py --official-dir /work/runs/official-src/sener \
+  target/official-venv/bin/python tools/bench_official.py --official-dir target/official-src/sener \
       --mode forward --tokens 5120 --repeat 3 --threads 2
-  /work/runs/official-venv/bin/python tools/bench_official.py --official-dir /work/runs/official-src/sener \
+  target/official-venv/bin/python tools/bench_official.py --official-dir target/official-src/sener \
       --mode train-step --tokens 2048 --repeat 3 --threads 2
 """
 import argparse
