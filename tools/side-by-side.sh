@@ -24,7 +24,7 @@ model="$out/deberta-v3-base-random"
 # The model is read from a file, as `sener extract` reads one.
 [ -f "$model/model.safetensors" ] || "$sener" bench random-model --model deberta-v3-base --output "$model"
 
-official() { # MODE TOKENS
+official() { # MODE TOKENS REPEAT
     [ "${SKIP_OFFICIAL:-0}" = 1 ] && return 0
     echo "== official $1, $2 tokens" >&2
     "$py" tools/bench_official.py --official-dir "$official" --mode "$1" --tokens "$2" --repeat "$3" \

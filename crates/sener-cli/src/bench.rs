@@ -601,8 +601,9 @@ pub fn run_train_step(a: BenchTrainStepArgs) -> Result<()> {
     for dtype in &a.dtypes {
     for &t in &a.lengths {
         if dtype == "bf16" && !cuda && sener::gemm_bf16::Bf16Kernel::detect().is_none() {
-            println!("| {} | bf16 | {t} | — | — | — | no bf16 kernel on this CPU (neither AMX nor AVX512-BF16) |", kernels.as_str());
-            all.push(serde_json::json!({"tokens": t, "dtype": "bf16", "kernels": kernels.as_str(), "skipped": "no bf16 kernel on this CPU"}));
+            let why = "no bf16 kernel on this CPU (neither AMX nor AVX512-BF16)";
+            println!("| {} | bf16 | {t} | — | — | — | {why} |", kernels.as_str());
+            all.push(serde_json::json!({"tokens": t, "dtype": "bf16", "kernels": kernels.as_str(), "skipped": why}));
             continue;
         }
         let mut cmd = Command::new(&exe);

@@ -182,8 +182,6 @@ fn parse_response(raw: &[u8]) -> Resp {
     Resp { status, headers, body: String::from_utf8(body).expect("UTF-8 body") }
 }
 
-/// Offsets are code points of the input: `text.chars().skip(start).take(end − start)` is the
-/// entity's text; byte offsets appear exactly when asked for.
 /// A batched answer equals the single request's: the same words, segments and entities (offsets,
 /// labels, texts), scores to 1e-5. The texts of a batch share padded forward passes, and the
 /// CPU's matrix kernels may round a padded product differently (AVX2 does, by 6e-8; AVX-512
@@ -202,6 +200,8 @@ fn same_answer(batched: &Value, single: &Value) {
     assert_eq!(keys(batched), keys(single));
 }
 
+/// Offsets are code points of the input: `text.chars().skip(start).take(end − start)` is the
+/// entity's text; byte offsets appear exactly when asked for.
 fn check_entities(text: &str, result: &Value, byte_offsets: bool) {
     let entities = result["entities"].as_array().unwrap_or_else(|| panic!("no entities array in {result}"));
     for e in entities {

@@ -784,20 +784,11 @@ fn resume_key(cfg: &TrainConfig, world: usize) -> serde_json::Value {
     v
 }
 
-/// The tensors' values, one after another, as f32.
-fn flatten(tensors: &[Tensor]) -> Result<Vec<f32>> {
+/// The tensors' values, one after another, as `T`.
+fn flatten<T: candle_core::WithDType>(tensors: &[Tensor]) -> Result<Vec<T>> {
     let mut out = Vec::new();
     for t in tensors {
-        out.extend(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
-    }
-    Ok(out)
-}
-
-/// [`flatten`] in f64 (the gradient sums).
-fn flatten_f64(tensors: &[Tensor]) -> Result<Vec<f64>> {
-    let mut out = Vec::new();
-    for t in tensors {
-        out.extend(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?);
+        out.extend(t.flatten_all()?.to_dtype(T::DTYPE)?.to_vec1::<T>()?);
     }
     Ok(out)
 }
@@ -1004,7 +995,7 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
         writeln!(log, "{}", serde_json::json!({"event": "distributed", "world": world, "micro_batches_per_rank_per_step": accum / world}))
             .map_err(|e| Error::io("metrics log", e))?;
         // Every rank starts from rank 0's weights.
-        let mut flat = flatten(trainable.iter().map(|(_, v)| v.as_tensor().clone()).collect::<Vec<_>>().as_slice())?;
+        let mut flat = flatten::<f32>(trainable.iter().map(|(_, v)| v.as_tensor().clone()).collect::<Vec<_>>().as_slice())?;
         coll.broadcast(&mut flat)?;
         unflatten_into(&flat, &trainable)?;
     }
@@ -1108,8 +1099,10 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
             // Accumulated in f64 and rounded once before the step: the sum of a step's
             // micro-batch gradients then does not depend on their order, so N ranks (which add
             // them in another order) take the step one process takes, not one a rounding away.
+            // A step of one micro-batch (one rank, then) has nothing to add: its gradient stays
+            // as it is (the f32 → f64 → f32 round trip would give the same bits).
             for (name, g) in step.grads {
-                let g = g.to_dtype(DType::F64)?;
+                let g = if accum > 1 { g.to_dtype(DType::F64)? } else { g };
                 let sum = match acc.remove(&name) {
                     Some(a) => (a + g)?,
                     None => g,
@@ -1126,7 +1119,7 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
                         .iter()
                         .map(|(n, v)| acc.get(n).cloned().map_or_else(|| v.as_tensor().zeros_like()?.to_dtype(DType::F64), Ok))
                         .collect::<candle_core::Result<_>>()?;
-                    let mut flat = flatten_f64(&zeros)?;
+                    let mut flat = flatten::<f64>(&zeros)?;
                     coll.all_reduce_sum_f64(&mut flat)?;
                     let mut meta: Vec<f64> = trainable.iter().map(|(n, _)| if acc.contains_key(n) { 1.0 } else { 0.0 }).collect();
                     meta.push(acc_loss);
@@ -1143,7 +1136,7 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
                     }
                     allreduce_ms = Some(ta.elapsed().as_secs_f64() * 1e3);
                 }
-                // One rounding from the f64 sum to the weights' dtype.
+                // One rounding from the f64 sum to the weights' dtype (a no-op without one).
                 for (name, v) in &trainable {
                     if let Some(g) = acc.remove(name) {
                         acc.insert(name.clone(), g.to_dtype(v.dtype())?);
@@ -1287,7 +1280,7 @@ pub fn train_with(cfg: &TrainConfig, device: &Device, log: &mut dyn Write, mut h
     }
     if world > 1 {
         // Every rank must hold rank 0's weights: compare, and agree on the largest difference.
-        let mine = flatten(trainable.iter().map(|(_, v)| v.as_tensor().clone()).collect::<Vec<_>>().as_slice())?;
+        let mine = flatten::<f32>(trainable.iter().map(|(_, v)| v.as_tensor().clone()).collect::<Vec<_>>().as_slice())?;
         let mut first = mine.clone();
         coll.broadcast(&mut first)?;
         let mut diff = vec![0.0f64; world];
